@@ -1,0 +1,9 @@
+"""torchstep: torch.optim and its LR schedulers, re-implemented -- drop-in, fused, wider.
+
+``import torchstep.optim as optim`` is the one-line change for an existing training script.
+"""
+
+from . import optim
+
+__version__ = "0.1.0"
+__all__ = ["optim", "__version__"]

@@ -1,0 +1,97 @@
+r"""Stochastic gradient descent, with optional momentum, dampening and Nesterov momentum.
+
+With gradient :math:`g_t` (after ``maximize`` and L2 ``weight_decay`` :math:`\lambda`:
+:math:`g_t \leftarrow g_t + \lambda\theta_{t-1}`), ``lr`` :math:`\gamma`, ``momentum`` :math:`\mu`,
+``dampening`` :math:`\tau`:
+
+.. math::
+    b_1 = g_1, \qquad b_t = \mu b_{t-1} + (1-\tau) g_t \quad (t > 1)
+
+    d_t = g_t + \mu b_t \text{ if nesterov, else } b_t \quad (d_t = g_t \text{ when } \mu = 0)
+
+    \theta_t = \theta_{t-1} - \gamma d_t
+
+State: ``momentum_buffer`` (:math:`b`), only when ``momentum != 0``. Sparse gradients are accepted.
+Reference: Sutskever et al., "On the importance of initialization and momentum in deep learning"
+(ICML 2013) for the momentum form used here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core import check
+from ..core.algorithm import Algorithm
+from ..core.optimizer import Optimizer
+from ..core.wrappers import plain
+from ._common import lr_checks
+
+
+def state_names(group: dict) -> tuple[str, ...]:
+    return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+
+def scalars(group: dict, step: Any, first: bool) -> dict:
+    """The first step copies the gradient into the buffer: decay 0, gain 1."""
+    momentum = group["momentum"]
+    return {
+        "lr": plain(group["lr"]),
+        "momentum": momentum,
+        "decay": 0.0 if first else momentum,
+        "gain": 1.0 if first else 1.0 - group["dampening"],
+        "nesterov": group["nesterov"],
+    }
+
+
+def update(p, g, momentum_buffer=None, *, lr, momentum, decay, gain, nesterov) -> None:
+    """``b <- decay*b + gain*g``; ``d = g + momentum*b`` (nesterov) or ``b``; ``p <- p - lr*d``."""
+    if momentum_buffer is not None:
+        momentum_buffer.mul_(decay).add_(g, alpha=gain)
+        g = g.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+    if isinstance(lr, torch.Tensor):
+        p.sub_(g * lr)
+    else:
+        p.add_(g, alpha=-lr)
+
+
+SGD_ALGORITHM = Algorithm(
+    name="sgd", state_names=state_names, scalars=scalars, update=update, counts_steps=False,
+    sparse_update=update,
+)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent (optionally with momentum); see :mod:`torchstep.algorithms.sgd`."""
+
+    algorithm = SGD_ALGORITHM
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | torch.Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        lr_checks(lr)
+        check.at_least(momentum, "momentum", "momentum value")
+        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(
+                "Nesterov momentum requires a momentum and zero dampening "
+                f"(got momentum={momentum}, dampening={dampening}; need momentum > 0 and dampening == 0)"
+            )
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+            maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused,
+        )
+        super().__init__(params, defaults)
+        check.exclusive_flags(fused=fused, foreach=foreach, differentiable=differentiable)

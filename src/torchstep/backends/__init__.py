@@ -1,0 +1,1 @@
+"""Backends run an algorithm's single definition: ``reference`` tensor by tensor."""

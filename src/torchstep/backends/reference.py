@@ -1,0 +1,65 @@
+"""The reference backend: runs an :class:`~torchstep.core.algorithm.Algorithm` tensor by tensor.
+
+It is the oracle every faster path is tested against, and the path that supports
+``differentiable=True`` (autograd records the in-place updates when the step runs with grad
+enabled). Per parameter it: creates state on first use, increments ``step``, applies the
+cross-cutting wrappers (maximize, weight decay, complex-as-real) and calls ``update``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core import wrappers
+
+
+def _scalar_dtype(fused: bool) -> torch.dtype:
+    if fused:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def new_step_tensor(p: torch.Tensor, group: dict, value: float = 0.0) -> torch.Tensor:
+    """A ``step`` counter laid out as torch lays it out (CPU unless capturable/fused)."""
+    fused = bool(group.get("fused", False))
+    on_device = fused or bool(group.get("capturable", False))
+    return torch.tensor(value, dtype=_scalar_dtype(fused), device=p.device if on_device else "cpu")
+
+
+def step_group(opt: Any, group: dict) -> None:
+    """One step of ``opt.algorithm`` over the parameters of ``group`` that have a gradient."""
+    algo = opt.algorithm
+    names = algo.state_names(group)
+    cache: dict[Any, dict] = {}
+    for p in group["params"]:
+        g = p.grad
+        if g is None:
+            continue
+        if g.is_sparse and algo.sparse_update is None:
+            raise RuntimeError(algo.sparse_error)
+        state = opt.state[p]
+        missing = [n for n in names if n not in state]
+        first = bool(missing) or (algo.counts_steps and "step" not in state)
+        if first:
+            if algo.counts_steps and "step" not in state:
+                state["step"] = new_step_tensor(p, group)
+            initial = algo.initial_state(p, group)
+            for n in missing:
+                state[n] = initial[n]
+        step: Any = None
+        if algo.counts_steps:
+            state["step"] += 1
+            step = state["step"].item()
+        key = (step, first)
+        if key not in cache:
+            cache[key] = algo.scalars(group, step, first)
+        scalars = cache[key]
+        g = wrappers.prepare_grad(p, g, group, sparse_weight_decay=algo.sparse_weight_decay)
+        tensors = {n: state[n] for n in names}
+        if g.is_sparse:
+            algo.sparse_update(p, g, **tensors, **scalars)
+        else:
+            real = {n: wrappers.as_real(t) for n, t in tensors.items()}
+            algo.update(wrappers.as_real(p), wrappers.as_real(g), **real, **scalars)

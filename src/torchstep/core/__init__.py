@@ -1,0 +1,1 @@
+"""Bookkeeping shared by every optimizer: the base class, the algorithm spec, checks, wrappers."""

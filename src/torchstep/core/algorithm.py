@@ -1,0 +1,56 @@
+"""The Algorithm spec: an element-wise optimizer written once, as data the backends interpret.
+
+An algorithm is
+
+* ``state_names(group)`` -- the per-parameter tensors it keeps, under torch's key names, in the
+  order torch stores them (``step``, if ``counts_steps``, comes first and is handled by the backend);
+* ``init(p, group)`` -- their initial values (zeros unless the algorithm says otherwise);
+* ``scalars(group, step, first)`` -- everything that depends only on hyperparameters and the step
+  number (bias corrections, decayed lr, ...), computed once per (group, step);
+* ``update(p, g, **state, **scalars)`` -- the element-wise math: reads ``g``, updates the state
+  tensors and ``p`` in place. This is the only place an algorithm's math lives.
+
+``g`` reaching ``update`` has already been negated for ``maximize`` and has L2 weight decay added
+(or ``p`` decayed, for decoupled weight decay); complex tensors arrive viewed as real. See
+:mod:`torchstep.core.wrappers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+Scalars = dict[str, Any]
+
+
+def zeros_state(names: tuple[str, ...]) -> Callable[[torch.Tensor, dict], dict[str, torch.Tensor]]:
+    """An ``init`` that makes every named state tensor a zero tensor shaped like the parameter."""
+
+    def init(p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
+        return {n: torch.zeros_like(p, memory_format=torch.preserve_format) for n in names}
+
+    return init
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One optimizer's math and state layout; see the module docstring for each field."""
+
+    name: str
+    state_names: Callable[[dict], tuple[str, ...]]
+    scalars: Callable[[dict, Any, bool], Scalars]
+    update: Callable[..., None]
+    init: Callable[[torch.Tensor, dict], dict[str, torch.Tensor]] | None = None
+    counts_steps: bool = True
+    # how a sparse gradient is handled: None rejects it with ``sparse_error``
+    sparse_update: Callable[..., None] | None = None
+    sparse_error: str = ""
+    sparse_weight_decay: bool = True
+
+    def initial_state(self, p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
+        """The state tensors a parameter starts with."""
+        if self.init is not None:
+            return self.init(p, group)
+        return zeros_state(self.state_names(group))(p, group)

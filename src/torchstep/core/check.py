@@ -1,0 +1,91 @@
+"""The one place constructor arguments are validated.
+
+Every message keeps torch.optim's wording first (so code that matches torch's messages keeps
+working) and then names the argument, the value it got and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["at_least", "below", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags"]
+
+
+def _value(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else x
+
+
+def at_least(value: Any, name: str, label: str, low: float = 0.0) -> None:
+    """Require ``value >= low`` (``label`` is torch's wording, e.g. "learning rate")."""
+    if not _value(value) >= low:  # also catches NaN
+        raise ValueError(f"Invalid {label}: {value} ({name} must be >= {low})")
+
+
+def positive(value: Any, name: str, label: str) -> None:
+    """Require ``value > 0``."""
+    if not _value(value) > 0.0:
+        raise ValueError(f"Invalid {label}: {value} ({name} must be > 0)")
+
+
+def in_range(value: Any, name: str, label: str, low: float, high: float, *, high_open: bool = False) -> None:
+    """Require ``low <= value <= high`` (``< high`` when ``high_open``)."""
+    v = _value(value)
+    ok = low <= v < high if high_open else low <= v <= high
+    if not ok or (isinstance(v, float) and math.isnan(v)):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"Invalid {label}: {value} ({name} must be in [{low}, {high}{bracket})")
+
+
+def below(value: Any, name: str, label: str, high: float) -> None:
+    """Require ``value < high``."""
+    if not _value(value) < high:
+        raise ValueError(f"Invalid {label}: {value} ({name} must be < {high})")
+
+
+def tensor_scalar(value: Any, name: str) -> None:
+    """A hyperparameter given as a tensor must hold exactly one element."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise ValueError(
+            f"Tensor {name} must be 1-element ({name} has shape {tuple(value.shape)}, "
+            f"{value.numel()} elements)"
+        )
+
+
+def betas_pair(betas: Any, *, allow_tensors: bool = True) -> None:
+    """``betas`` is a pair, each in [0, 1); both floats or both tensors."""
+    try:
+        b0, b1 = betas
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid betas: {betas!r} (betas must be a pair (beta1, beta2))") from None
+    in_range(b0, "betas[0]", "beta parameter at index 0", 0.0, 1.0, high_open=True)
+    in_range(b1, "betas[1]", "beta parameter at index 1", 0.0, 1.0, high_open=True)
+    if allow_tensors:
+        both_tensors = isinstance(b0, torch.Tensor) and isinstance(b1, torch.Tensor)
+        neither = not isinstance(b0, torch.Tensor) and not isinstance(b1, torch.Tensor)
+        if not (both_tensors or neither):
+            raise ValueError(
+                f"betas must be either both floats or both Tensors (got {type(b0).__name__} "
+                f"and {type(b1).__name__})"
+            )
+        tensor_scalar(b0, "betas[0]")
+        tensor_scalar(b1, "betas[1]")
+
+
+def exclusive_flags(*, fused: Any, foreach: Any, differentiable: bool) -> None:
+    """``fused`` excludes ``foreach=True`` and ``differentiable=True``, as in torch."""
+    if fused and differentiable:
+        raise RuntimeError("`fused` does not support `differentiable` (set fused=False or differentiable=False)")
+    if fused and foreach:
+        raise RuntimeError("`fused` and `foreach` cannot be `True` together (choose one of fused=True, foreach=True)")
+
+
+def no_tensor_hyper_with_foreach(value: Any, name: str, *, foreach: Any, capturable: bool) -> None:
+    """torch refuses a tensor ``lr`` / ``betas[i]`` with ``foreach=True`` unless ``capturable=True``."""
+    if isinstance(value, torch.Tensor) and foreach and not capturable:
+        raise ValueError(
+            f"{name} as a Tensor is not supported for capturable=False and foreach=True "
+            f"(pass {name} as a float, or set capturable=True or foreach=False)"
+        )

@@ -1,0 +1,369 @@
+"""The Optimizer base class: parameter groups, lazy per-parameter state, ``state_dict`` in
+torch's format, and hooks. Bookkeeping only -- no algorithm math lives here.
+
+An instance is also an instance of ``torch.optim.Optimizer``, so ``torch.amp.GradScaler``,
+torch's LR schedulers, Lightning and the Hugging Face Trainer accept it. Every method torch's
+base class offers is implemented here; nothing of torch's base implementation runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections import OrderedDict, defaultdict
+from copy import deepcopy
+from itertools import chain
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.optim.optimizer as _torch_optimizer
+from torch.utils.hooks import RemovableHandle
+
+from .algorithm import Algorithm
+
+# torch's sentinel for "this option has no default"; shared so custom optimizers written for
+# torch.optim keep working when they switch base class.
+required = _torch_optimizer.required
+
+_HOOK_DICTS = (
+    "_optimizer_step_pre_hooks",
+    "_optimizer_step_post_hooks",
+    "_optimizer_state_dict_pre_hooks",
+    "_optimizer_state_dict_post_hooks",
+    "_optimizer_load_state_dict_pre_hooks",
+    "_optimizer_load_state_dict_post_hooks",
+)
+
+
+def _with_step_hooks(step: Callable) -> Callable:
+    """Wrap a ``step`` so global and per-optimizer pre/post hooks run around it, as in torch."""
+    if getattr(step, "_torchstep_hooked", False):
+        return step
+
+    @functools.wraps(step)
+    def hooked_step(self, *args, **kwargs):
+        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
+            for hook in chain(
+                _torch_optimizer._global_optimizer_pre_hooks.values(),
+                self._optimizer_step_pre_hooks.values(),
+            ):
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError(
+                            f"a step pre-hook must return None or a tuple (new_args, new_kwargs), "
+                            f"but {hook!r} returned {result!r}"
+                        )
+                    args, kwargs = result
+            out = step(self, *args, **kwargs)
+            for hook in chain(
+                self._optimizer_step_post_hooks.values(),
+                _torch_optimizer._global_optimizer_post_hooks.values(),
+            ):
+                hook(self, args, kwargs)
+            return out
+
+    hooked_step._torchstep_hooked = True  # type: ignore[attr-defined]
+    return hooked_step
+
+
+def _add_hook(hooks: OrderedDict, hook: Callable, prepend: bool) -> RemovableHandle:
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    if prepend:
+        hooks.move_to_end(handle.id, last=False)
+    return handle
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of every torchstep optimizer (and a drop-in base for custom ones).
+
+    ``params`` is an iterable of tensors, of ``(name, tensor)`` pairs (as from
+    ``named_parameters()``), or of dicts that each form a parameter group; options missing from
+    a group fall back to ``defaults``. Subclasses that set ``algorithm`` get ``step`` for free.
+    """
+
+    algorithm: Algorithm | None = None
+    _step_supports_amp_scaling = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:
+            cls.step = _with_step_hooks(cls.__dict__["step"])  # type: ignore[method-assign]
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        torch._C._log_api_usage_once("torchstep.optimizer")
+        self.defaults = defaults
+        for name in _HOOK_DICTS:
+            setattr(self, name, OrderedDict())
+        if isinstance(params, torch.Tensor):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of Tensors or dicts, "
+                f"but got {torch.typename(params)} (wrap a single tensor in a list: [tensor])"
+            )
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering "
+                "of tensors in sets will change between runs. Please use a list instead."
+            )
+        self.state: defaultdict[torch.Tensor, Any] = defaultdict(dict)
+        self.param_groups: list[dict[str, Any]] = []
+        groups = list(params)
+        if len(groups) == 0:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+        self._warned_capturable_if_run_uncaptured = True
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters with its own options (missing ones come from ``defaults``)."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group)}")
+        if "params" not in param_group:
+            raise ValueError("param_group must have a 'params' entry (the tensors to optimize)")
+        params = param_group["params"]
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif isinstance(params, (set, frozenset)):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering "
+                "of tensors in sets will change between runs. Please use a list instead."
+            )
+        else:
+            params = list(params)
+        names = [p[0] for p in params if isinstance(p, tuple)]
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        if names and len(names) != len(tensors):
+            raise ValueError(
+                "all optimizer params should be with/without names. Some param names are missing "
+                f"({len(names)} of {len(tensors)} params are named)"
+            )
+        param_group["params"] = tensors
+        if names:
+            param_group["param_names"] = names
+        for i, p in enumerate(tensors):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(
+                    "optimizer can only optimize Tensors, but one of the params is "
+                    f"{torch.typename(p)} (params[{i}])"
+                )
+            if not self.defaults.get("differentiable", None) and not (p.is_leaf or p.retains_grad):
+                raise ValueError(
+                    f"can't optimize a non-leaf Tensor (params[{i}] has grad_fn {type(p.grad_fn).__name__}; "
+                    "pass a leaf such as an nn.Parameter, or use differentiable=True)"
+                )
+        for name, default in self.defaults.items():
+            if default is required and name not in param_group:
+                raise ValueError(
+                    f"parameter group didn't specify a value of required optimization parameter {name}"
+                )
+            param_group.setdefault(name, default)
+        if len(tensors) != len(set(tensors)):
+            warnings.warn(
+                "optimizer contains a parameter group with duplicate parameters; "
+                "in future, this will cause an error",
+                stacklevel=3,
+            )
+        existing: set[torch.Tensor] = set()
+        for group in self.param_groups:
+            existing.update(group["params"])
+            if ("param_names" in group) != ("param_names" in param_group):
+                which = "with names" if "param_names" in param_group else "without names"
+                raise ValueError(
+                    "all optimizer param groups should be with/without names. "
+                    f"cannot add param group {which} to the optimizer"
+                )
+        if not existing.isdisjoint(tensors):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(param_group)
+
+    # -- stepping -------------------------------------------------------------------------
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter that has a gradient; returns ``closure()``'s loss if given."""
+        if self.algorithm is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither `algorithm` nor `step`")
+        from ..backends import reference
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            for group in self.param_groups:
+                reference.step_group(self, group)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients: to ``None`` (default), or to zeros when ``set_to_none=False``."""
+        with torch.autograd.profiler.record_function(f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    if set_to_none:
+                        p.grad = None
+                        continue
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
+
+    # -- state_dict -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state in torch's format: ``{"state": {int: {...}}, "param_groups": [...]}``.
+
+        Parameters are numbered in group order; each group lists its parameters' numbers under
+        ``params`` (and their names under ``param_names`` where names were given).
+        """
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+            packed["params"] = [index[id(p)] for p in group["params"]]
+            groups.append(packed)
+        state = {
+            (index[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
+        }
+        result: dict[str, Any] = {"state": state, "param_groups": groups}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            new = hook(self, result)
+            if new is not None:
+                result = new
+        return result
+
+    @staticmethod
+    def _cast_state_value(p: torch.Tensor, value: Any, key: Any, group: dict) -> Any:
+        """Move a loaded state value to ``p``'s device (and dtype, for floating tensors)."""
+        if isinstance(value, torch.Tensor):
+            if key == "step":
+                if group.get("capturable", False) or group.get("fused", False):
+                    return value.to(dtype=torch.float32, device=p.device)
+                return value
+            if p.is_floating_point():
+                return value.to(dtype=p.dtype, device=p.device)
+            return value.to(device=p.device)
+        if isinstance(value, dict):
+            return {k: Optimizer._cast_state_value(p, v, k, group) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(Optimizer._cast_state_value(p, v, None, group) for v in value)
+        return value
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state written by :meth:`state_dict` (of torchstep or of torch.optim).
+
+        Parameters are matched by position within groups; names, if saved, are kept but not
+        used for matching.
+        """
+        state_dict = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            new = hook(self, state_dict)
+            if new is not None:
+                state_dict = new
+        groups = self.param_groups
+        saved_groups = deepcopy(state_dict["param_groups"])
+        if len(groups) != len(saved_groups):
+            raise ValueError(
+                "loaded state dict has a different number of parameter groups "
+                f"({len(saved_groups)} saved, {len(groups)} in this optimizer)"
+            )
+        for i, (g, s) in enumerate(zip(groups, saved_groups)):
+            if len(g["params"]) != len(s["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of "
+                    f"optimizer's group (group {i}: {len(s['params'])} saved, {len(g['params'])} here)"
+                )
+        id_map = dict(
+            zip(chain.from_iterable(s["params"] for s in saved_groups), chain.from_iterable(g["params"] for g in groups))
+        )
+        group_of = {pid: s for s in state_dict["param_groups"] for pid in s["params"]}
+        state: defaultdict[Any, Any] = defaultdict(dict)
+        for key, value in state_dict["state"].items():
+            if key in id_map:
+                p = id_map[key]
+                state[p] = self._cast_state_value(p, value, None, group_of.get(key, {}))
+            else:
+                state[key] = value
+        new_groups = []
+        for g, s in zip(groups, saved_groups):
+            s["params"] = g["params"]
+            if "param_names" in g and "param_names" not in s:
+                s["param_names"] = g["param_names"]
+            new_groups.append(s)
+        self.__setstate__({"state": state, "param_groups": new_groups})
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in _HOOK_DICTS:
+            if name not in self.__dict__:
+                setattr(self, name, OrderedDict())
+        for group in self.param_groups:
+            for key, default in self.defaults.items():
+                if default is not required:
+                    group.setdefault(key, default)
+        self._upgrade_loaded_state()
+
+    def _upgrade_loaded_state(self) -> None:
+        """Bring state loaded from an older or foreign checkpoint to this class's layout."""
+        if self.algorithm is None or not self.algorithm.counts_steps:
+            return
+        from ..backends.reference import new_step_tensor
+
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not torch.is_tensor(st["step"]):
+                    st["step"] = new_step_tensor(p, group, float(st["step"]))
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def register_step_pre_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None | (args, kwargs)``, called before ``step``."""
+        return _add_hook(self._optimizer_step_pre_hooks, hook, False)
+
+    def register_step_post_hook(self, hook: Callable) -> RemovableHandle:
+        """``hook(optimizer, args, kwargs) -> None``, called after ``step``."""
+        return _add_hook(self._optimizer_step_post_hooks, hook, False)
+
+    def register_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer) -> None``, called before ``state_dict`` builds its result."""
+        return _add_hook(self._optimizer_state_dict_pre_hooks, hook, prepend)
+
+    def register_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer, state_dict) -> state_dict | None``, called on ``state_dict``'s result."""
+        return _add_hook(self._optimizer_state_dict_post_hooks, hook, prepend)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer, state_dict) -> state_dict | None``, called before loading."""
+        return _add_hook(self._optimizer_load_state_dict_pre_hooks, hook, prepend)
+
+    def register_load_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> RemovableHandle:
+        """``hook(optimizer) -> None``, called after loading."""
+        return _add_hook(self._optimizer_load_state_dict_post_hooks, hook, prepend)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            for key in sorted(k for k in group if k != "params"):
+                lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+Optimizer.step = _with_step_hooks(Optimizer.step)  # type: ignore[method-assign]

@@ -1,0 +1,57 @@
+"""Cross-cutting pieces applied around every algorithm's ``update``.
+
+* ``maximize``: the gradient is negated, so the step ascends.
+* weight decay, L2 flavour (default): ``g <- g + weight_decay * p``.
+* weight decay, decoupled flavour (``decoupled_weight_decay=True``, AdamW):
+  ``p <- p * (1 - lr * weight_decay)`` before the update; the gradient is untouched.
+* complex parameters: ``p``, ``g`` and the state are viewed as real tensors with a trailing
+  dimension of 2, so element-wise math treats real and imaginary parts independently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def plain(x: Any) -> Any:
+    """A hyperparameter as the kernels take it: a float, unless it is a tensor autograd tracks."""
+    if isinstance(x, torch.Tensor) and not (x.requires_grad and torch.is_grad_enabled()):
+        return x.item()
+    return x
+
+
+def prepare_grad(p: torch.Tensor, g: torch.Tensor, group: dict, *, sparse_weight_decay: bool = True) -> torch.Tensor:
+    """Apply ``maximize`` and weight decay; returns the gradient ``update`` should see.
+
+    ``sparse_weight_decay=False`` makes a sparse gradient with weight decay an error (Adagrad).
+    """
+    if group.get("maximize", False):
+        g = -g
+    wd = plain(group.get("weight_decay", 0))
+    if isinstance(wd, torch.Tensor) or wd != 0:
+        if group.get("decoupled_weight_decay", False):
+            p.mul_(1 - plain(group["lr"]) * wd)
+        elif g.is_sparse and not sparse_weight_decay:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        elif isinstance(wd, torch.Tensor):
+            g = g + p * wd
+        else:
+            g = g.add(p, alpha=wd)
+    return g
+
+
+def as_real(t: torch.Tensor | None) -> torch.Tensor | None:
+    """View a complex tensor as real (trailing dim of 2); other tensors pass through."""
+    if t is not None and torch.is_complex(t):
+        return torch.view_as_real(t)
+    return t
+
+
+def running_max_(buf: torch.Tensor, x: torch.Tensor) -> None:
+    """``buf <- max(buf, x)`` in place; keeps the old value alive when autograd needs it."""
+    if torch.is_grad_enabled() and (buf.requires_grad or x.requires_grad):
+        buf.copy_(torch.maximum(buf.clone(), x))
+    else:
+        torch.maximum(buf, x, out=buf)

@@ -1,0 +1,12 @@
+"""The ``torch.optim``-shaped namespace: ``import torchstep.optim as optim`` replaces ``torch.optim``."""
+
+from ..algorithms.adadelta import Adadelta
+from ..algorithms.adagrad import Adagrad
+from ..algorithms.adam import Adam
+from ..algorithms.adamw import AdamW
+from ..algorithms.rmsprop import RMSprop
+from ..algorithms.sgd import SGD
+from ..algorithms.sparse_adam import SparseAdam
+from ..core.optimizer import Optimizer
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam"]
