@@ -52,9 +52,9 @@ def sparse_update(p, g, sum, *, clr, eps) -> None:  # noqa: A002
     """The same update restricted to the rows a sparse gradient touches."""
     g = g.coalesce()
     idx, vals = g._indices(), g._values()
-    sum.add_(torch.sparse_coo_tensor(idx, vals.pow(2), g.size()))
+    sum.add_(torch.sparse_coo_tensor(idx, vals.pow(2), g.size(), check_invariants=False))
     std_vals = sum.sparse_mask(g)._values().sqrt() + eps
-    p.add_(torch.sparse_coo_tensor(idx, vals / std_vals, g.size()), alpha=-clr)
+    p.add_(torch.sparse_coo_tensor(idx, vals / std_vals, g.size(), check_invariants=False), alpha=-clr)
 
 
 ADAGRAD_ALGORITHM = Algorithm(

@@ -50,10 +50,7 @@ def update(p, g, momentum_buffer=None, *, lr, momentum, decay, gain, nesterov) -
     if momentum_buffer is not None:
         momentum_buffer.mul_(decay).add_(g, alpha=gain)
         g = g.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
-    if isinstance(lr, torch.Tensor):
-        p.sub_(g * lr)
-    else:
-        p.add_(g, alpha=-lr)
+    p.add_(g, alpha=-lr)
 
 
 SGD_ALGORITHM = Algorithm(

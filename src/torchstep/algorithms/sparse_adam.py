@@ -36,7 +36,7 @@ def sparse_adam_update(p, g, exp_avg, exp_avg_sq, *, step: int, lr: float, beta1
         return
 
     def rows(values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_coo_tensor(idx, values, g.size())
+        return torch.sparse_coo_tensor(idx, values, g.size(), check_invariants=False)
 
     m_old = exp_avg.sparse_mask(g)._values()
     v_old = exp_avg_sq.sparse_mask(g)._values()

@@ -60,6 +60,8 @@ def betas_pair(betas: Any, *, allow_tensors: bool = True) -> None:
         b0, b1 = betas
     except (TypeError, ValueError):
         raise ValueError(f"Invalid betas: {betas!r} (betas must be a pair (beta1, beta2))") from None
+    tensor_scalar(b0, "betas[0]")
+    tensor_scalar(b1, "betas[1]")
     in_range(b0, "betas[0]", "beta parameter at index 0", 0.0, 1.0, high_open=True)
     in_range(b1, "betas[1]", "beta parameter at index 1", 0.0, 1.0, high_open=True)
     if allow_tensors:
@@ -70,8 +72,6 @@ def betas_pair(betas: Any, *, allow_tensors: bool = True) -> None:
                 f"betas must be either both floats or both Tensors (got {type(b0).__name__} "
                 f"and {type(b1).__name__})"
             )
-        tensor_scalar(b0, "betas[0]")
-        tensor_scalar(b1, "betas[1]")
 
 
 def exclusive_flags(*, fused: Any, foreach: Any, differentiable: bool) -> None:

@@ -102,9 +102,10 @@ class Optimizer(torch.optim.Optimizer):
                 f"but got {torch.typename(params)} (wrap a single tensor in a list: [tensor])"
             )
         if isinstance(params, (set, frozenset)):
-            raise TypeError(
-                "optimizer parameters need to be organized in ordered collections, but the ordering "
-                "of tensors in sets will change between runs. Please use a list instead."
+            warnings.warn(
+                "params is a set: its order changes between runs, so the parameter numbering in "
+                "state_dict() will too. Pass a list (e.g. list(model.parameters())) instead.",
+                stacklevel=3,
             )
         self.state: defaultdict[torch.Tensor, Any] = defaultdict(dict)
         self.param_groups: list[dict[str, Any]] = []

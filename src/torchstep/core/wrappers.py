@@ -16,9 +16,10 @@ import torch
 
 
 def plain(x: Any) -> Any:
-    """A hyperparameter as the kernels take it: a float, unless it is a tensor autograd tracks."""
-    if isinstance(x, torch.Tensor) and not (x.requires_grad and torch.is_grad_enabled()):
-        return x.item()
+    """A hyperparameter as the kernels take it: a Python number, or a 0-d tensor when it was
+    given as a tensor (scalar arithmetic then happens in that tensor's dtype, as in torch)."""
+    if isinstance(x, torch.Tensor) and x.dim() != 0:
+        return x.squeeze()
     return x
 
 

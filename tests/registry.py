@@ -1,0 +1,185 @@
+"""The one registry the optimizer tests run over.
+
+``CASES`` lists, per algorithm, every option of torch 2.13's constructor and the combinations
+torch allows (as a product of small grids, filtered to the valid ones). ``ERRORS`` lists every
+invalid argument torch rejects, with the exception type and a pattern the message must match.
+``TOLERANCE`` gives the parity tolerances per dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+TOLERANCE = {
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One optimizer configuration: ``kwargs`` for the constructor, ``group2`` overrides for a
+    second parameter group; ``torch_kwargs`` replaces kwargs for the torch oracle where torch can
+    only run a different (result-equivalent) implementation on this machine."""
+
+    algo: str
+    kwargs: dict
+    group2: dict = field(default_factory=dict)
+    torch_kwargs: dict | None = None
+
+    @property
+    def id(self) -> str:
+        def fmt(v: Any) -> str:
+            if isinstance(v, torch.Tensor):
+                return f"T{v.item():g}"
+            if isinstance(v, tuple):
+                return "(" + ",".join(fmt(x) for x in v) + ")"
+            return f"{v}"
+
+        return self.algo + "-" + "-".join(f"{k}={fmt(v)}" for k, v in self.kwargs.items())
+
+
+def _grid(algo: str, group2: dict, **axes: list) -> list[Case]:
+    keys = list(axes)
+    return [Case(algo, dict(zip(keys, values)), group2) for values in itertools.product(*axes.values())]
+
+
+# implementation switches: they choose a code path, never a different result
+_IMPL_SGD = [dict(), dict(foreach=True), dict(fused=True), dict(foreach=False)]
+_IMPL_ADAM = [dict(), dict(foreach=True), dict(fused=True), dict(capturable=True)]
+_IMPL_PLAIN = [dict(), dict(foreach=True)]
+_IMPL_CAPTURABLE = [dict(), dict(foreach=True), dict(capturable=True)]
+
+
+def _with_impl(cases: list[Case], impls: list[dict]) -> list[Case]:
+    out = []
+    for c, impl in itertools.product(cases, impls):
+        torch_kwargs = None
+        if impl.get("capturable"):
+            # torch refuses capturable=True on CPU tensors; on CPU it is the same math as the default
+            torch_kwargs = {**c.kwargs}
+        out.append(Case(c.algo, {**c.kwargs, **impl}, c.group2, torch_kwargs))
+    return out
+
+
+def _sgd() -> list[Case]:
+    base = _grid(
+        "SGD", dict(lr=0.05, weight_decay=0.0),
+        lr=[0.1], momentum=[0.0, 0.9], dampening=[0.0, 0.1], weight_decay=[0.0, 0.01],
+        nesterov=[False, True], maximize=[False, True],
+    )
+    base = [c for c in base if not (c.kwargs["nesterov"] and (c.kwargs["momentum"] <= 0 or c.kwargs["dampening"] != 0))]
+    extra = [Case("SGD", dict(lr=torch.tensor(0.1), momentum=0.9)), Case("SGD", dict(lr=torch.tensor([0.1])))]
+    return _with_impl(base, _IMPL_SGD) + extra
+
+
+def _adam(algo: str) -> list[Case]:
+    base = _grid(
+        algo, dict(lr=5e-3, betas=(0.8, 0.99)),
+        lr=[1e-2], weight_decay=[0.0, 0.1], amsgrad=[False, True], maximize=[False, True],
+    )
+    if algo == "Adam":
+        base += _grid(algo, dict(lr=5e-3), lr=[1e-2], weight_decay=[0.1], decoupled_weight_decay=[True],
+                      amsgrad=[False, True])
+    extra = [
+        Case(algo, dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-3)),
+        Case(algo, dict(lr=torch.tensor(1e-2))),
+        Case(algo, dict(lr=torch.tensor(1e-2), betas=(torch.tensor(0.9), torch.tensor(0.99)))),
+        # torch's fused CPU kernel does its scalar arithmetic in double, its for-loop path in the
+        # tensor lr's float32; torchstep follows the for-loop path, whatever the flags
+        Case(algo, dict(lr=torch.tensor(1e-2), fused=True), torch_kwargs=dict(lr=torch.tensor(1e-2))),
+    ]
+    return _with_impl(base, _IMPL_ADAM) + extra
+
+
+def _adagrad() -> list[Case]:
+    base = _grid(
+        "Adagrad", dict(lr=0.05, lr_decay=0.0),
+        lr=[0.1], lr_decay=[0.0, 0.05], weight_decay=[0.0, 0.1], initial_accumulator_value=[0.0, 0.5],
+        maximize=[False, True],
+    )
+    extra = [Case("Adagrad", dict(lr=0.1, eps=1e-3)), Case("Adagrad", dict(lr=torch.tensor(0.1)))]
+    return _with_impl(base, _IMPL_SGD) + extra
+
+
+def _adadelta() -> list[Case]:
+    base = _grid(
+        "Adadelta", dict(lr=0.5, rho=0.5),
+        lr=[1.0], rho=[0.9, 0.0, 1.0], weight_decay=[0.0, 0.1], maximize=[False, True],
+    )
+    extra = [Case("Adadelta", dict(lr=1.0, eps=1e-3)), Case("Adadelta", dict(lr=torch.tensor(0.9)))]
+    return _with_impl(base, _IMPL_CAPTURABLE) + extra
+
+
+def _rmsprop() -> list[Case]:
+    base = _grid(
+        "RMSprop", dict(lr=5e-3, alpha=0.9),
+        lr=[1e-2], momentum=[0.0, 0.9], centered=[False, True], weight_decay=[0.0, 0.1], maximize=[False, True],
+    )
+    extra = [Case("RMSprop", dict(lr=1e-2, alpha=0.5, eps=1e-3)), Case("RMSprop", dict(lr=torch.tensor(1e-2)))]
+    return _with_impl(base, _IMPL_CAPTURABLE) + extra
+
+
+CASES: list[Case] = _sgd() + _adam("Adam") + _adam("AdamW") + _adagrad() + _adadelta() + _rmsprop()
+
+# algorithm -> one representative, option-rich configuration (for the slower tests)
+REPRESENTATIVE = {
+    "SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "Adam": dict(lr=1e-2, amsgrad=True, weight_decay=0.1),
+    "AdamW": dict(lr=1e-2, weight_decay=0.1),
+    "Adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1),
+    "Adadelta": dict(lr=1.0, rho=0.9, weight_decay=0.01),
+    "RMSprop": dict(lr=1e-2, momentum=0.5, centered=True),
+}
+
+# (algorithm, kwargs, exception type, pattern the message must match).
+# Each pattern names the argument and the offending value; torch must reject the same input with
+# the same exception type (checked by the test).
+ERRORS: list[tuple[str, dict, type, str]] = []
+for _algo in ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam"]:
+    ERRORS += [
+        (_algo, dict(lr=-1.0), ValueError, r"Invalid learning rate: -1\.0 \(lr must be"),
+        (_algo, dict(lr=torch.tensor([0.1, 0.2])), ValueError, r"Tensor lr must be 1-element \(lr has shape \(2,\)"),
+    ]
+for _algo in ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop"]:
+    ERRORS.append((_algo, dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0\.1 \(weight_decay must be"))
+for _algo in ["Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam"]:
+    ERRORS.append((_algo, dict(eps=-1e-8), ValueError, r"Invalid epsilon value: -1e-08 \(eps must be"))
+for _algo in ["Adam", "AdamW", "SparseAdam"]:
+    ERRORS += [
+        (_algo, dict(betas=(1.0, 0.999)), ValueError, r"Invalid beta parameter at index 0: 1\.0 \(betas\[0\] must be in \[0\.0, 1\.0\)"),
+        (_algo, dict(betas=(0.9, -0.1)), ValueError, r"Invalid beta parameter at index 1: -0\.1 \(betas\[1\] must be in"),
+    ]
+for _algo in ["Adam", "AdamW"]:
+    ERRORS += [
+        (_algo, dict(betas=(torch.tensor(0.9), 0.999)), ValueError, r"betas must be either both floats or both Tensors \(got Tensor and float\)"),
+        (_algo, dict(lr=torch.tensor(0.01), foreach=True), ValueError, r"lr as a Tensor is not supported for capturable=False and foreach=True"),
+        (_algo, dict(betas=(torch.tensor(0.9), torch.tensor(0.99)), foreach=True), ValueError, r"betas\[0\] as a Tensor is not supported"),
+        (_algo, dict(betas=(torch.tensor([0.9, 0.8]), torch.tensor(0.99))), ValueError, r"Tensor betas\[0\] must be 1-element"),
+    ]
+for _algo in ["SGD", "Adam", "AdamW", "Adagrad"]:
+    ERRORS += [
+        (_algo, dict(fused=True, differentiable=True), RuntimeError, r"`fused` does not support `differentiable`"),
+        (_algo, dict(fused=True, foreach=True), RuntimeError, r"`fused` and `foreach` cannot be `True` together"),
+    ]
+# rows where torch fails with another exception type before its own check runs (here: comparing a
+# 2-element tensor with a float); torchstep raises the ValueError torch's check intends
+TORCH_FAILS_DIFFERENTLY = {r"Tensor betas\[0\] must be 1-element": RuntimeError}
+
+ERRORS += [
+    ("SGD", dict(momentum=-0.5), ValueError, r"Invalid momentum value: -0\.5 \(momentum must be"),
+    ("SGD", dict(nesterov=True), ValueError, r"Nesterov momentum requires a momentum and zero dampening \(got momentum=0"),
+    ("SGD", dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError, r"got momentum=0\.9, dampening=0\.1"),
+    ("Adagrad", dict(lr_decay=-1.0), ValueError, r"Invalid lr_decay value: -1\.0 \(lr_decay must be"),
+    ("Adagrad", dict(initial_accumulator_value=-1.0), ValueError, r"Invalid initial_accumulator_value value: -1\.0 \(initial_accumulator_value must be"),
+    ("Adadelta", dict(rho=1.5), ValueError, r"Invalid rho value: 1\.5 \(rho must be in \[0\.0, 1\.0\]\)"),
+    ("Adadelta", dict(rho=-0.1), ValueError, r"Invalid rho value: -0\.1"),
+    ("RMSprop", dict(momentum=-0.1), ValueError, r"Invalid momentum value: -0\.1 \(momentum must be"),
+    ("RMSprop", dict(alpha=-0.1), ValueError, r"Invalid alpha value: -0\.1 \(alpha must be"),
+    ("SparseAdam", dict(lr=0.0), ValueError, r"Invalid learning rate: 0\.0 \(lr must be > 0\)"),
+    ("SparseAdam", dict(eps=0.0), ValueError, r"Invalid epsilon value: 0\.0 \(eps must be > 0\)"),
+]
