@@ -53,9 +53,15 @@ def update(p, g, momentum_buffer=None, *, lr, momentum, decay, gain, nesterov) -
     p.add_(g, alpha=-lr)
 
 
+def sparse_update(p, g, momentum_buffer=None, **scalars) -> None:
+    """A sparse gradient: applied as is without momentum; with momentum the buffer is dense, so
+    the gradient is densified first (same values as torch's sparse buffer)."""
+    update(p, g if momentum_buffer is None else g.to_dense(), momentum_buffer, **scalars)
+
+
 SGD_ALGORITHM = Algorithm(
     name="sgd", state_names=state_names, scalars=scalars, update=update, counts_steps=False,
-    sparse_update=update,
+    sparse_update=sparse_update,
 )
 
 

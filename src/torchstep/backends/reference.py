@@ -58,6 +58,11 @@ def step_group(opt: Any, group: dict) -> None:
         scalars = cache[key]
         g = wrappers.prepare_grad(p, g, group, sparse_weight_decay=algo.sparse_weight_decay)
         tensors = {n: state[n] for n in names}
+        if torch.is_grad_enabled():
+            # differentiable: each step writes fresh state tensors, so the values earlier steps
+            # recorded for backward are never overwritten in place
+            tensors = {n: t.clone() for n, t in tensors.items()}
+            state.update(tensors)
         if g.is_sparse:
             algo.sparse_update(p, g, **tensors, **scalars)
         else:

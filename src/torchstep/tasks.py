@@ -1,0 +1,81 @@
+"""Built-in training tasks on real data that loads offline.
+
+``digits``: scikit-learn's copy of the UCI optical handwritten digits (1,797 8x8 images, 10
+classes), shipped inside the scikit-learn package -- no download. Used by the demo, the tests
+and (later) ``torchstep compare``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Split:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+def load_digits(dtype: torch.dtype = torch.float32, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """The digits data set, standardised, split into train/validation by a seeded permutation."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the digits task needs scikit-learn (it ships the data set): pip install scikit-learn"
+        ) from exc
+    data = sk_load_digits()
+    x = torch.tensor(data.data, dtype=dtype)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = torch.tensor(data.target, dtype=torch.long)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_val = int(len(x) * val_fraction)
+    val, train = order[:n_val], order[n_val:]
+    return Split(x[train], y[train], x[val], y[val])
+
+
+def digits_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A small MLP (64 -> 64 -> 10) with deterministic initial weights."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10)).to(dtype)
+
+
+@dataclass
+class RunResult:
+    losses: list[float]  # mean training loss per epoch
+    val_accuracy: float
+
+
+def train(
+    model: torch.nn.Module,
+    make_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer],
+    data: Split,
+    epochs: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> RunResult:
+    """Plain mini-batch training with cross-entropy; batches are drawn in a seeded order."""
+    opt = make_optimizer(model)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(data.x_train), generator=gen)
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+        losses.append(total / count)
+    with torch.no_grad():
+        accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    return RunResult(losses, accuracy)
