@@ -14,8 +14,15 @@ this is the closed form. Chained, it is torch's recursive form -- which is *not*
 the closed forms when a CosineAnnealingLR with ``eta_min != 0`` is chained with another scheduler
 (its update is affine around ``eta_min``); torch's values are the ones reproduced.
 
-Resuming with ``last_epoch=k >= 0``: torch's StepLR, MultiStepLR and ConstantLR apply their step
-``k+1`` transition at construction while the others keep the group's current lr; both are kept.
+Two more of torch's rules are kept, because they decide what a step does when a scheduler is not
+used the usual way (resumed with ``last_epoch=k >= 0``, or stepped from ``last_epoch=-1`` by a
+``ChainedScheduler`` nested in a ``SequentialLR``):
+
+* the construction step: Linear/Exponential/Polynomial/CosineAnnealingLR keep the group's lr
+  there (except LinearLR's step 0); StepLR, MultiStepLR and ConstantLR apply their transition;
+* step 0: StepLR, MultiStepLR, ConstantLR and LinearLR scale the lr the schedule started from
+  (``u(-1) = 1``); Exponential/Polynomial/CosineAnnealingLR outside the construction step apply
+  their formula's ratio ``u(0) / u(-1)`` (e.g. one factor ``gamma``).
 """
 
 from __future__ import annotations
@@ -45,7 +52,8 @@ def _chain(lr: Any, base_lr: Any, anchor: float, before: float, now: float) -> A
 class _ChainableLR(LRScheduler):
     """A scheduler given by a factor schedule :meth:`factor` and an anchor (see the module docstring)."""
 
-    _moves_on_resume = False
+    _keeps_lr_when_constructed = True
+    _step_zero_from_base = False
 
     def factor_schedule(self) -> Schedule:
         """The factor schedule ``u(t)`` (``u(0)`` is the first factor; before step 0 it is 1)."""
@@ -62,10 +70,14 @@ class _ChainableLR(LRScheduler):
     def get_lr(self) -> list[Any]:
         self._warn_if_not_stepping()
         t = self.last_epoch
-        if self._is_initial and t > 0 and not self._moves_on_resume:
-            return read_group_values(self.optimizer, "lr")
         u, a = self.factor_schedule(), self.anchor()
-        now, before = u(t), (u(t - 1) if t > 0 else 1.0)
+        if t == 0 and self._step_zero_from_base:
+            before = 1.0
+        elif self._is_initial and self._keeps_lr_when_constructed:
+            return read_group_values(self.optimizer, "lr")
+        else:
+            before = u(t - 1)
+        now = u(t)
         return [_chain(g["lr"], base, a, before, now) for g, base in zip(self.optimizer.param_groups, self.base_lrs)]
 
     def _get_closed_form_lr(self) -> list[Any]:
@@ -76,7 +88,8 @@ class _ChainableLR(LRScheduler):
 class StepLR(_ChainableLR):
     """Multiply the lr by ``gamma`` every ``step_size`` steps: ``lr(t) = base_lr * gamma ** (t // step_size)``."""
 
-    _moves_on_resume = True
+    _keeps_lr_when_constructed = False
+    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.step_size = step_size
@@ -90,7 +103,8 @@ class StepLR(_ChainableLR):
 class MultiStepLR(_ChainableLR):
     """Multiply the lr by ``gamma`` at each milestone: ``lr(t) = base_lr * gamma ** #{m <= t}``."""
 
-    _moves_on_resume = True
+    _keeps_lr_when_constructed = False
+    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, milestones: Iterable[int], gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.milestones = Counter(milestones)
@@ -104,7 +118,8 @@ class MultiStepLR(_ChainableLR):
 class ConstantLR(_ChainableLR):
     """``lr(t) = base_lr * factor`` for ``t < total_iters``, then ``base_lr``."""
 
-    _moves_on_resume = True
+    _keeps_lr_when_constructed = False
+    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
         if factor > 1.0 or factor < 0:
@@ -122,6 +137,8 @@ class ConstantLR(_ChainableLR):
 
 class LinearLR(_ChainableLR):
     """``lr(t) = base_lr * (s + (e - s) * min(t, total_iters) / total_iters)`` (s, e = start/end factor)."""
+
+    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
