@@ -76,7 +76,7 @@ def plot(schedules: Schedule | Mapping[str, Any] | Sequence[Any], steps: int, pa
         series = {type(schedules).__name__: schedules}
     else:
         series = {f"schedule {i + 1}": s for i, s in enumerate(schedules)}
-    figure = Figure(figsize=(8, 4.5), dpi=100)
+    figure = Figure(figsize=(10, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for label, item in series.items():
@@ -88,7 +88,6 @@ def plot(schedules: Schedule | Mapping[str, Any] | Sequence[Any], steps: int, pa
     if title:
         axes.set_title(title)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, format="png")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    figure.savefig(path, format="png", bbox_inches="tight")
     return path
