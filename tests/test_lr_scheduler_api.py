@@ -205,3 +205,87 @@ def test_schedule_method_is_the_closed_form_of_the_stepped_values(name):
         closed = sched.schedule(group)
         for t in (0, 1, 7, 30, 61, 119):
             assert closed(t) == pytest.approx(trace[t][2 * group], rel=1e-11, abs=1e-15), (name, group, t)
+
+
+def _torchstep_optimizer(kind):
+    import torchstep.optim as optim
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr} for lr in (0.1, 0.03)]
+    return optim.Adam(groups, lr=0.1, betas=(0.9, 0.99)) if kind == "adam" else optim.SGD(groups, lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("name", ["step", "cosine_eta_min", "cyclic_adam_betas", "onecycle_three_phase_linear_adam",
+                                  "warm_restarts_mult", "multiplicative"])
+@pytest.mark.parametrize("lib", ["torchstep", "torch"])
+def test_schedulers_on_torchstep_optimizers(name, lib):
+    """torchstep's and torch's schedulers both drive torchstep optimizers exactly as torch.optim ones."""
+    build, kind = SINGLE[name]
+    reference, _, _ = drive(T, build, kind, steps=80)
+    opt = _torchstep_optimizer(kind)
+    sched = build(S if lib == "torchstep" else T, opt)
+    trace = [snapshot(opt, sched)]
+    for _ in range(80):
+        opt.step()
+        sched.step()
+        trace.append(snapshot(opt, sched))
+    assert_same_trace(trace, reference)
+
+
+def test_step_order_warning_on_torchstep_optimizers():
+    opt = _torchstep_optimizer("sgd")
+    sched = S.LinearLR(opt)
+    with pytest.warns(UserWarning, match="before `optimizer.step\\(\\)`"):
+        sched.step()
+    opt2 = _torchstep_optimizer("sgd")
+    sched2 = S.LinearLR(opt2)
+    opt2.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sched2.step()
+
+
+def test_chained_cosine_with_eta_min_follows_torch_not_the_product_of_closed_forms():
+    """Documented difference: chained, CosineAnnealingLR's update is affine around eta_min, so the
+    result is not base_lr * step_factor * cosine_factor; torch's value is the one we give."""
+    opt = _sgd()
+    cosine, step = S.CosineAnnealingLR(opt, 40, eta_min=0.01), S.StepLR(opt, 10, 0.5)
+    for _ in range(15):
+        opt.step()
+        cosine.step()
+        step.step()
+    closed_product = 0.01 + (0.1 - 0.01) * (1 + torch.cos(torch.tensor(torch.pi * 15 / 40)).item()) / 2
+    closed_product *= 0.5
+    assert opt.param_groups[0]["lr"] != pytest.approx(closed_product, rel=1e-3)
+    reference, _, _ = drive(T, lambda L, o: _Pair(L.CosineAnnealingLR(o, 40, eta_min=0.01), L.StepLR(o, 10, 0.5)),
+                            "sgd", steps=15)
+    assert opt.param_groups[0]["lr"] == pytest.approx(reference[-1][0], rel=1e-12)
+
+
+class _Pair:
+    def __init__(self, *parts):
+        self.parts = parts
+
+    def step(self):
+        for p in self.parts:
+            p.step()
+
+    def get_last_lr(self):
+        return self.parts[-1].get_last_lr()
+
+
+def test_user_subclass_written_for_torch_works_unchanged():
+    def define(L):
+        class HalfEvery(L.LRScheduler):
+            def __init__(self, optimizer, every, last_epoch=-1):
+                self.every = every
+                super().__init__(optimizer, last_epoch)
+
+            def get_lr(self):
+                return [base * 0.5 ** (self.last_epoch // self.every) for base in self.base_lrs]
+
+        return HalfEvery
+
+    reference, torch_sched, _ = drive(T, lambda L, o: define(L)(o, 4), "sgd", steps=30)
+    mine, my_sched, _ = drive(S, lambda L, o: define(L)(o, 4), "sgd", steps=30)
+    assert_same_trace(mine, reference)
+    assert my_sched.state_dict() == torch_sched.state_dict()

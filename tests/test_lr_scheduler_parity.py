@@ -81,6 +81,8 @@ SINGLE = {
     "constant_default": (lambda L, o: L.ConstantLR(o), "sgd"),
     "linear": (lambda L, o: L.LinearLR(o, start_factor=0.1, end_factor=0.7, total_iters=60), "sgd"),
     "linear_default": (lambda L, o: L.LinearLR(o), "sgd"),
+    "linear_zero_iters": (lambda L, o: L.LinearLR(o, start_factor=0.5, total_iters=0), "sgd"),
+    "constant_zero_iters": (lambda L, o: L.ConstantLR(o, factor=0.5, total_iters=0), "sgd"),
     "exponential": (lambda L, o: L.ExponentialLR(o, gamma=0.98), "sgd"),
     "polynomial": (lambda L, o: L.PolynomialLR(o, total_iters=150, power=2.0), "sgd"),
     "polynomial_sqrt": (lambda L, o: L.PolynomialLR(o, total_iters=100, power=0.5), "sgd"),
@@ -173,6 +175,7 @@ SEQUENTIAL = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:Detected call")  # nested_chained: torch warns too
 @pytest.mark.parametrize("name", sorted(SEQUENTIAL))
 def test_sequential_matches_torch(name):
     mine, my_sched, _ = drive(S, SEQUENTIAL[name], "sgd")

@@ -132,6 +132,8 @@ class ConstantLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
+        if self.total_iters == 0:  # torch applies the factor at step 0 and never restores the lr
+            return Constant(self.factor)
         return Join((Constant(self.factor), Constant(1.0)), (self.total_iters,))
 
 
@@ -158,7 +160,9 @@ class LinearLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        line = Linear(self.start_factor, self.end_factor, self.total_iters or 1)
+        if self.total_iters == 0:  # torch applies start_factor at step 0 and then holds the lr
+            return Constant(self.start_factor)
+        line = Linear(self.start_factor, self.end_factor, self.total_iters)
         return Join((line, Constant(self.end_factor)), (self.total_iters,))
 
 
