@@ -8,7 +8,6 @@ step, and the final state_dicts must hold the same keys and values.
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
