@@ -116,7 +116,11 @@ class MultiStepLR(_ChainableLR):
 
 
 class ConstantLR(_ChainableLR):
-    """``lr(t) = base_lr * factor`` for ``t < total_iters``, then ``base_lr``."""
+    """``lr(t) = base_lr * factor`` for ``t < total_iters``, then ``base_lr``.
+
+    With ``factor=0`` the lr comes back to ``base_lr`` at ``total_iters`` (torch 2.13 raises
+    ZeroDivisionError there, dividing by the factor).
+    """
 
     _keeps_lr_when_constructed = False
     _step_zero_from_base = True
