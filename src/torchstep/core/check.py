@@ -89,3 +89,47 @@ def no_tensor_hyper_with_foreach(value: Any, name: str, *, foreach: Any, captura
             f"{name} as a Tensor is not supported for capturable=False and foreach=True "
             f"(pass {name} as a float, or set capturable=True or foreach=False)"
         )
+
+
+def should_be(value: Any, name: str, label: str, op: str, bound: float) -> None:
+    """Require ``value >= bound`` (``op=">="``) or ``value <= bound`` (``op="<="``), with the
+    "<label> should be <op> <bound> but is: <value>" wording of torch's newer optimizers."""
+    v = _value(value)
+    ok = v >= bound if op == ">=" else v <= bound  # False for NaN
+    if not ok:
+        raise ValueError(f"{label} should be {op} {bound} but is: {value} ({name} must be {op} {bound})")
+
+
+def one_of(value: Any, name: str, allowed: tuple, lead: str, error: type = ValueError) -> None:
+    """Require ``value`` to be one of ``allowed`` (``lead`` is torch's wording)."""
+    if not any(value is a or (isinstance(value, str) and value == a) for a in allowed):
+        choices = ", ".join(repr(a) for a in allowed)
+        raise error(f"{lead} ({name} must be one of {choices}; got {value!r})")
+
+
+def whole_number(value: Any, name: str, low: int, high: int | None = None, lead: str = "") -> None:
+    """Require an integer in ``[low, high)`` (``high=None``: no upper bound)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value < high)
+    if not ok:
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high})"
+        raise ValueError(f"{lead or f'Invalid {name}'} ({name} must be {allowed}; got {value!r})")
+
+
+def dense_real(p: torch.Tensor, algo: str) -> None:
+    """Reject complex parameters and sparse gradients, as torch's Adafactor and Muon do."""
+    if torch.is_complex(p):
+        raise RuntimeError(f"{algo} does not support complex parameters (got a {p.dtype} parameter of shape {tuple(p.shape)})")
+    if p.grad is not None and p.grad.is_sparse:
+        raise RuntimeError(f"{algo} does not support sparse gradients (the gradient of a parameter of shape {tuple(p.shape)} is sparse)")
+
+
+def pair(value: Any, name: str, shape: str, size: int = 2, lead: str = "") -> None:
+    """Require a sequence of ``size`` items ``shape``: TypeError when not a sequence, ValueError
+    when the length is wrong (the exception types torch's own unpacking raises)."""
+    head = lead or f"Invalid {name}"
+    try:
+        n = len(value)
+    except TypeError:
+        raise TypeError(f"{head} ({name} must be a sequence {shape}; got {value!r})") from None
+    if n != size:
+        raise ValueError(f"{head} ({name} must have {size} items {shape}; got {value!r}, with {n})")

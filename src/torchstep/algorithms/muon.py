@@ -1,0 +1,124 @@
+r"""Muon: momentum SGD whose update is orthogonalized by Newton–Schulz iterations (2-D only).
+
+With gradient :math:`G_t`, ``lr`` :math:`\gamma`, ``weight_decay`` :math:`\lambda`, ``momentum``
+:math:`\mu`, for a parameter of shape :math:`A \times B`:
+
+.. math::
+    B_t = \mu B_{t-1} + (1-\mu) G_t \qquad
+    \tilde B_t = (1-\mu) G_t + \mu B_t \text{ if nesterov, else } B_t
+
+    O_t = \mathrm{NS}^{(a,b,c)}_{k}(\tilde B_t;\ \epsilon) \qquad
+    \theta_t = (1 - \gamma\lambda)\,\theta_{t-1} - \gamma' O_t
+
+where :math:`\mathrm{NS}` is :func:`torchstep.algorithms.newton_schulz.orthogonalize` with
+``ns_coefficients`` :math:`(a, b, c)`, ``ns_steps`` :math:`k` and ``eps`` :math:`\epsilon`, and
+the adjusted rate :math:`\gamma'` (``adjust_lr_fn``) is :math:`\gamma\sqrt{\max(1, A/B)}` for
+``None`` / ``"original"`` (Jordan) or :math:`0.2\,\gamma\sqrt{\max(A, B)}` for
+``"match_rms_adamw"`` (Liu et al.), which gives updates the RMS of AdamW's.
+
+Not element-wise: the momentum is, but the orthogonalization acts on the whole matrix, so the
+algorithm stands alone with its own ``step`` and a per-tensor stage, :func:`muon_update`.
+State: ``momentum_buffer`` (:math:`B`). Dense, real 2-D parameters only; use e.g. AdamW for
+biases, embeddings and other parameters.
+References: Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
+https://kellerjordan.github.io/posts/muon/ ; Liu et al., "Muon is Scalable for LLM Training"
+(arXiv:2502.16982, 2025).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core import check
+from ..core.optimizer import Optimizer
+from ..core.wrappers import plain
+from .newton_schulz import DEFAULT_COEFFICIENTS, DEFAULT_EPS, DEFAULT_STEPS, orthogonalize
+
+LR_ADJUSTMENTS = (None, "original", "match_rms_adamw")
+MAX_NS_STEPS = 100
+
+
+def adjusted_lr(lr, adjust_lr_fn: str | None, shape: torch.Size):
+    """``lr`` scaled for a matrix of ``shape`` so updates of any aspect ratio have a like RMS."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return lr * (0.2 * math.sqrt(max(rows, cols)))
+    return lr * math.sqrt(max(1, rows / cols))
+
+
+def muon_update(p, g, momentum_buffer, *, lr, weight_decay, momentum, nesterov, ns_coefficients, ns_steps, eps, adjust_lr_fn) -> None:
+    """One Muon step of one matrix (see module docstring)."""
+    momentum_buffer.lerp_(g, 1 - momentum)
+    direction = g.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
+    update = orthogonalize(direction, ns_coefficients, ns_steps, eps)
+    p.mul_(1 - lr * weight_decay)
+    p.add_(update, alpha=-adjusted_lr(lr, adjust_lr_fn, p.shape))
+
+
+def require_matrix(p: torch.Tensor) -> None:
+    if p.ndim != 2:
+        raise ValueError(
+            f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()} "
+            "(every parameter must be a 2-D matrix; optimize biases, embeddings and other "
+            "parameters with another optimizer such as AdamW)"
+        )
+
+
+class Muon(Optimizer):
+    """Muon for 2-D parameters; see :mod:`torchstep.algorithms.muon`."""
+
+    def __init__(
+        self,
+        params,
+        lr: float | torch.Tensor = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_coefficients: tuple[float, float, float] = DEFAULT_COEFFICIENTS,
+        eps: float = DEFAULT_EPS,
+        ns_steps: int = DEFAULT_STEPS,
+        adjust_lr_fn: str | None = None,
+    ) -> None:
+        check.tensor_scalar(lr, "lr")
+        check.should_be(lr, "lr", "Learning rate", ">=", 0)
+        check.should_be(momentum, "momentum", "momentum", ">=", 0)
+        check.should_be(weight_decay, "weight_decay", "weight decay", ">=", 0)
+        check.one_of(adjust_lr_fn, "adjust_lr_fn", LR_ADJUSTMENTS, f"Adjust learning rate function {adjust_lr_fn} is not supported")
+        check.pair(ns_coefficients, "ns_coefficients", "(a, b, c)", 3, "Coefficients must be a tuple of exactly 3 values")
+        check.whole_number(ns_steps, "ns_steps", 0, MAX_NS_STEPS, "Number of steps must be less than 100 for computational efficiency")
+        check.should_be(eps, "eps", "eps", ">=", 0)
+        defaults = dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_coefficients=ns_coefficients,
+            eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group; every parameter in it must be a 2-D matrix."""
+        super().add_param_group(param_group)
+        try:
+            for p in param_group["params"]:
+                require_matrix(p)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Muon step over every parameter with a gradient; returns ``closure()``'s loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:  # every check and every new buffer before any update, as torch
+                check.dense_real(p, "Muon")
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            hyper = {k: group[k] for k in ("weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")}
+            for p in params:
+                muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=plain(group["lr"]), **hyper)
+        return loss
