@@ -8,5 +8,7 @@ from ..algorithms.rmsprop import RMSprop
 from ..algorithms.sgd import SGD
 from ..algorithms.sparse_adam import SparseAdam
 from ..core.optimizer import Optimizer
+from . import lr_scheduler
+from . import swa_utils
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "swa_utils"]
