@@ -1,0 +1,181 @@
+"""Adafactor against torch.optim.Adafactor 2.13: parity over its options (two groups, float32 and
+float64, 25 steps, params and every state tensor), state_dict interchange both ways, errors."""
+
+import inspect
+import io
+import itertools
+
+import pytest
+import torch
+
+import torchstep.optim as ts_optim
+from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+# scalar, vector (unfactored); matrices, a batch of matrices, a single column (factored)
+SHAPES = [(), (3,), (4, 5), (2, 3, 4), (6, 1)]
+GROUP2 = dict(lr=0.05, weight_decay=0.0, eps=(1e-20, 1e-3))
+
+GRID = [
+    dict(weight_decay=wd, maximize=mx, foreach=fe, eps=eps)
+    for wd, mx, fe, eps in itertools.product([0.0, 0.1], [False, True], [None, True], [(None, 1e-3), (1e-30, 1e-2)])
+]
+CASES = GRID + [
+    dict(),
+    dict(foreach=False),
+    dict(lr=0.3, d=2.0, beta2_decay=-0.5),
+    dict(lr=torch.tensor(0.02), weight_decay=0.01),
+    dict(lr=torch.tensor([0.02])),
+    dict(beta2_decay=0.0, d=1.5),
+    dict(lr=0.0, eps=(0.0, 0.0)),
+]
+
+
+def run_pair(kwargs, dtype, steps=25, group2=GROUP2, shapes=SHAPES):
+    """torch and torchstep side by side on the same gradient stream."""
+    ref_p = make_params(dtype, shapes=shapes)
+    my_p = twin(ref_p)
+    ref = build("Adafactor", groups_for(ref_p, group2), kwargs, "torch")
+    mine = build("Adafactor", groups_for(my_p, group2), kwargs, "torchstep")
+    for step in range(steps):
+        set_grads(step, list(zip(ref_p, my_p)))
+        ref.step()
+        mine.step()
+    return ref, mine, ref_p, my_p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kwargs", CASES, ids=[f"c{i}" for i in range(len(CASES))])
+def test_parity_with_torch(kwargs, dtype):
+    ref, mine, ref_p, my_p = run_pair(kwargs, dtype)
+    assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[dtype])
+    for p in my_p:  # the layout torch uses: factored only from two dimensions on
+        keys = {"step", "row_var", "col_var"} if p.dim() > 1 else {"step", "variance"}
+        assert set(mine.state[p]) == keys
+
+
+def test_state_shapes_and_dtypes():
+    _, mine, _, my_p = run_pair({}, torch.float32, steps=1)
+    state = mine.state[my_p[3]]  # shape (2, 3, 4)
+    assert state["row_var"].shape == (2, 3, 1) and state["col_var"].shape == (2, 1, 4)
+    assert state["step"].dtype == torch.float32 and state["step"].device.type == "cpu"
+    assert state["row_var"].dtype == torch.float32
+
+
+def test_eps1_none_takes_the_first_parameters_dtype_for_the_group():
+    """torch quirk kept for parity: with eps1=None, the first updated parameter's machine
+    epsilon serves the whole group, here a float32 one for a later float64 parameter."""
+    shapes = [(3, 2), (4,)]
+
+    def params():
+        gen = torch.Generator().manual_seed(5)
+        return [torch.randn(shapes[0], generator=gen).requires_grad_(), torch.full(shapes[1], 1e-5, dtype=torch.float64, requires_grad=True)]
+
+    ref_p, my_p = params(), params()
+    ref, mine = torch.optim.Adafactor(ref_p), ts_optim.Adafactor(my_p)
+    for step in range(5):
+        for a, b in zip(ref_p, my_p):
+            a.grad = torch.full_like(a, 1e-9 * (step + 1))
+            b.grad = a.grad.clone()
+        ref.step()
+        mine.step()
+    assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[torch.float64])
+
+
+def _through_disk(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("first,second", [("torch", "torchstep"), ("torchstep", "torch")], ids=["torch->ts", "ts->torch"])
+def test_state_dict_interchange(first, second, dtype):
+    """Train 12 steps, move the state to the other library, 12 more: same as never stopping."""
+    kwargs = dict(weight_decay=0.05, maximize=True)
+    oracle_p = make_params(dtype, shapes=SHAPES)
+    a_p = twin(oracle_p)
+    oracle = build("Adafactor", groups_for(oracle_p, GROUP2), kwargs, first)
+    a = build("Adafactor", groups_for(a_p, GROUP2), kwargs, first)
+    for step in range(12):
+        set_grads(step, list(zip(oracle_p, a_p)))
+        oracle.step()
+        a.step()
+    b_p = twin(a_p)
+    b = build("Adafactor", groups_for(b_p, GROUP2), kwargs, second)
+    b.load_state_dict(_through_disk(a.state_dict()))
+    for step in range(12, 24):
+        set_grads(step, list(zip(oracle_p, b_p)))
+        oracle.step()
+        b.step()
+    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOL[dtype])
+
+
+def test_old_checkpoint_with_number_step_loads():
+    ref, mine, ref_p, my_p = run_pair({}, torch.float64, steps=3)
+    sd = _through_disk(ref.state_dict())  # a copy: torch's state_dict shares its state dicts
+    for st in sd["state"].values():
+        st["step"] = float(st["step"])
+    mine.load_state_dict(sd)
+    assert all(torch.is_tensor(mine.state[p]["step"]) for p in my_p)
+    for step in range(3, 6):
+        set_grads(step, list(zip(ref_p, my_p)))
+        ref.step()
+        mine.step()
+    assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[torch.float64])
+
+
+def test_signature_matches_torch():
+    ours, theirs = inspect.signature(ts_optim.Adafactor), inspect.signature(torch.optim.Adafactor)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(lr=-1.0), ValueError, r"Learning rate should be >= 0 but is: -1\.0 \(lr must be >= 0\)"),
+        (dict(lr=torch.tensor([0.1, 0.2])), ValueError, r"Tensor lr must be 1-element \(lr has shape \(2,\)"),
+        (dict(beta2_decay=0.5), ValueError, r"beta2_decay should be <= 0 but is: 0\.5 \(beta2_decay must be <= 0\)"),
+        (dict(eps=(-1.0, 1e-3)), ValueError, r"epsilon1 should be >= 0 but is: -1\.0 \(eps\[0\] must be >= 0\)"),
+        (dict(eps=(None, -1e-3)), ValueError, r"epsilon2 should be >= 0 but is: -0\.001 \(eps\[1\] must be >= 0\)"),
+        (dict(d=0.5), ValueError, r"Clipping threshold d should be >= 1 but is: 0\.5 \(d must be >= 1\)"),
+        (dict(weight_decay=-0.1), ValueError, r"weight_decay should be >= 0 but is: -0\.1 \(weight_decay must be >= 0\)"),
+        (dict(eps=1e-3), TypeError, r"Invalid eps \(eps must be a sequence \(eps1, eps2\); got 0\.001\)"),
+    ],
+)
+def test_invalid_arguments(kwargs, exc, pattern):
+    with pytest.raises(exc):
+        torch.optim.Adafactor([torch.zeros(2, requires_grad=True)], **kwargs)
+    with pytest.raises(exc, match=pattern):
+        ts_optim.Adafactor([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_eps_of_wrong_length():
+    """torch fails at the first step (unpacking); torchstep when constructed, with the same type."""
+    p = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.Adafactor([p], eps=(None, 1e-3, 1.0))
+    p.grad = torch.ones(2)
+    with pytest.raises(ValueError):
+        opt.step()
+    with pytest.raises(ValueError, match=r"eps must have 2 items \(eps1, eps2\); got \(None, 0\.001, 1\.0\), with 3"):
+        ts_optim.Adafactor([p], eps=(None, 1e-3, 1.0))
+
+
+@pytest.mark.parametrize("kind", ["complex", "sparse"])
+def test_unsupported_tensors_rejected_at_step(kind):
+    for lib, pattern in [(torch.optim, None), (ts_optim, rf"Adafactor does not support {kind} \w+ \(")]:
+        if kind == "complex":
+            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
+            p.grad = torch.ones_like(p)
+        else:
+            p = torch.zeros(3, 2, requires_grad=True)
+            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
+        ok = torch.zeros(2, requires_grad=True)
+        ok.grad = torch.ones(2)
+        opt = lib.Adafactor([ok, p])
+        with pytest.raises(RuntimeError, match=pattern):
+            opt.step()
+        assert torch.equal(ok, torch.zeros(2))  # nothing was updated before the error

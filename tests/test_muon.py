@@ -1,0 +1,187 @@
+"""Muon against torch.optim.Muon 2.13: parity over its options (two groups, float32 and float64,
+25 steps, params and momentum buffers), state_dict interchange both ways, errors."""
+
+import inspect
+import io
+import itertools
+
+import pytest
+import torch
+
+import torchstep.optim as ts_optim
+from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
+from torchstep.algorithms.newton_schulz import orthogonalize
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
+SHAPES = [(4, 5), (6, 3), (1, 7), (5, 5)]  # wide, tall, a single row, square
+GROUP2 = dict(lr=0.05, nesterov=False, adjust_lr_fn="match_rms_adamw", ns_steps=3)
+
+GRID = [
+    dict(lr=0.02, weight_decay=wd, momentum=mu, nesterov=nest, adjust_lr_fn=fn)
+    for wd, mu, nest, fn in itertools.product([0.0, 0.1], [0.0, 0.9], [True, False], [None, "original", "match_rms_adamw"])
+]
+CASES = GRID + [
+    dict(),
+    dict(ns_steps=0),
+    dict(ns_steps=1, eps=1e-2),
+    dict(ns_steps=7, ns_coefficients=(2.0, -1.5, 0.5)),
+    dict(ns_coefficients=[3.0, -3.2, 1.2]),
+    dict(lr=torch.tensor(0.02)),
+    dict(lr=torch.tensor([0.03]), weight_decay=0.0),
+]
+
+
+def run_pair(kwargs, dtype, steps=25):
+    ref_p = make_params(dtype, shapes=SHAPES)
+    my_p = twin(ref_p)
+    ref = build("Muon", groups_for(ref_p, GROUP2), kwargs, "torch")
+    mine = build("Muon", groups_for(my_p, GROUP2), kwargs, "torchstep")
+    for step in range(steps):
+        set_grads(step, list(zip(ref_p, my_p)))
+        ref.step()
+        mine.step()
+    return ref, mine, ref_p, my_p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kwargs", CASES, ids=[f"c{i}" for i in range(len(CASES))])
+def test_parity_with_torch(kwargs, dtype):
+    ref, mine, ref_p, my_p = run_pair(kwargs, dtype)
+    assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[dtype])
+    assert all(set(mine.state[p]) == {"momentum_buffer"} for p in my_p)
+
+
+def test_orthogonalize_gives_near_orthogonal_rows_and_keeps_its_input():
+    g = torch.randn(8, 32, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16)
+    before = g.clone()
+    o = orthogonalize(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+    singular = torch.linalg.svdvals(o)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # the quintic's target band
+    assert torch.equal(g, before)
+    assert orthogonalize(g.T, (3.4445, -4.7750, 2.0315), 5, 1e-7).shape == (32, 8)
+
+
+def test_bfloat16_momentum_buffer_is_not_normalized():
+    """Deliberate difference: torch's Newton–Schulz divides a bfloat16 input in place, so with
+    nesterov=False it rescales the momentum buffer itself; torchstep's buffer stays B_t."""
+    p = torch.zeros(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    opt = ts_optim.Muon([p], momentum=0.5, nesterov=False)
+    p.grad = torch.full((3, 4), 4.0, dtype=torch.bfloat16)
+    opt.step()
+    assert torch.equal(opt.state[p]["momentum_buffer"], torch.full((3, 4), 2.0, dtype=torch.bfloat16))
+
+
+def _through_disk(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("first,second", [("torch", "torchstep"), ("torchstep", "torch")], ids=["torch->ts", "ts->torch"])
+def test_state_dict_interchange(first, second, dtype):
+    """Train 12 steps, move the state to the other library, 12 more: same as never stopping."""
+    kwargs = dict(lr=0.02, momentum=0.9, weight_decay=0.05)
+    oracle_p = make_params(dtype, shapes=SHAPES)
+    a_p = twin(oracle_p)
+    oracle = build("Muon", groups_for(oracle_p, GROUP2), kwargs, first)
+    a = build("Muon", groups_for(a_p, GROUP2), kwargs, first)
+    for step in range(12):
+        set_grads(step, list(zip(oracle_p, a_p)))
+        oracle.step()
+        a.step()
+    b_p = twin(a_p)
+    b = build("Muon", groups_for(b_p, GROUP2), kwargs, second)
+    b.load_state_dict(_through_disk(a.state_dict()))
+    for step in range(12, 24):
+        set_grads(step, list(zip(oracle_p, b_p)))
+        oracle.step()
+        b.step()
+    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOL[dtype])
+
+
+def test_signature_matches_torch():
+    ours, theirs = inspect.signature(ts_optim.Muon), inspect.signature(torch.optim.Muon)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+
+
+def _matrix():
+    return [torch.zeros(2, 3, requires_grad=True)]
+
+
+@pytest.mark.parametrize(
+    "params,kwargs,pattern",
+    [
+        (_matrix, dict(lr=-1.0), r"Learning rate should be >= 0 but is: -1\.0 \(lr must be >= 0\)"),
+        (_matrix, dict(lr=torch.tensor([0.1, 0.2])), r"Tensor lr must be 1-element \(lr has shape \(2,\)"),
+        (_matrix, dict(momentum=-0.1), r"momentum should be >= 0 but is: -0\.1 \(momentum must be >= 0\)"),
+        (_matrix, dict(weight_decay=-0.1), r"weight decay should be >= 0 but is: -0\.1 \(weight_decay must be >= 0\)"),
+        (_matrix, dict(adjust_lr_fn="sqrt"), r"Adjust learning rate function sqrt is not supported \(adjust_lr_fn must be one of None, 'original', 'match_rms_adamw'; got 'sqrt'\)"),
+        (lambda: [torch.zeros(3, requires_grad=True)], {}, r"Muon only supports 2D parameters whereas we found a parameter with size: torch.Size\(\[3\]\) \(every parameter must be a 2-D"),
+        (lambda: [torch.zeros(2, 3, 4, requires_grad=True)], {}, r"torch.Size\(\[2, 3, 4\]\)"),
+    ],
+)
+def test_invalid_arguments(params, kwargs, pattern):
+    with pytest.raises(ValueError):
+        torch.optim.Muon(params(), **kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        ts_optim.Muon(params(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(ns_steps=100), r"Number of steps must be less than 100 for computational efficiency \(ns_steps must be an integer in \[0, 100\); got 100\)"),
+        (dict(ns_coefficients=(1.0, 2.0)), r"Coefficients must be a tuple of exactly 3 values \(ns_coefficients must have 3 items \(a, b, c\); got \(1\.0, 2\.0\), with 2\)"),
+    ],
+)
+def test_invalid_arguments_torch_rejects_at_step(kwargs, pattern):
+    """torch raises these at the first step; torchstep when constructed, with the same type."""
+    p = _matrix()
+    opt = torch.optim.Muon(p, **kwargs)
+    p[0].grad = torch.ones(2, 3)
+    with pytest.raises(ValueError):
+        opt.step()
+    with pytest.raises(ValueError, match=pattern):
+        ts_optim.Muon(_matrix(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        (dict(ns_steps=-1), r"ns_steps must be an integer in \[0, 100\); got -1"),
+        (dict(ns_steps=2.5), r"ns_steps must be an integer in \[0, 100\); got 2\.5"),
+        (dict(eps=-1e-7), r"eps should be >= 0 but is: -1e-07 \(eps must be >= 0\)"),
+    ],
+)
+def test_invalid_arguments_torch_accepts(kwargs, pattern):
+    """Meaningless values torch runs with (a negative step count acts as 0)."""
+    with pytest.raises(ValueError, match=pattern):
+        ts_optim.Muon(_matrix(), **kwargs)
+
+
+def test_added_group_must_hold_matrices():
+    opt = ts_optim.Muon(_matrix())
+    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
+        opt.add_param_group({"params": [torch.zeros(4, requires_grad=True)]})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("kind", ["complex", "sparse"])
+def test_unsupported_tensors_rejected_at_step(kind):
+    for lib, pattern in [(torch.optim, None), (ts_optim, rf"Muon does not support {kind} \w+ \(")]:
+        if kind == "complex":
+            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
+            p.grad = torch.ones_like(p)
+        else:
+            p = torch.zeros(3, 2, requires_grad=True)
+            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
+        ok = torch.zeros(2, 2, requires_grad=True)
+        ok.grad = torch.ones(2, 2)
+        opt = lib.Muon([ok, p])
+        with pytest.raises(RuntimeError, match=pattern):
+            opt.step()
+        assert torch.equal(ok, torch.zeros(2, 2))  # nothing was updated before the error
