@@ -5,13 +5,20 @@ import torch
 
 from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
 from registry import CASES, TOLERANCE
+from torchstep.backends import use
 
 STEPS = 25
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_matches_torch(case, dtype):
+def test_matches_torch(case, dtype, backend):
+    with use(backend):
+        _run_against_torch(case, dtype)
+
+
+def _run_against_torch(case, dtype):
     ref = make_params(dtype)
     mine = twin(ref)
     torch_opt = build(case.algo, groups_for(ref, case.group2), case.torch_kwargs or case.kwargs, "torch")
@@ -26,7 +33,7 @@ def test_matches_torch(case, dtype):
         assert set(tg) == set(sg)
 
 
-@pytest.mark.parametrize("algo", ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop"])
+@pytest.mark.parametrize("algo", ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"])
 def test_complex_params_match_torch(algo):
     from registry import REPRESENTATIVE
 
@@ -47,7 +54,7 @@ def test_registry_covers_every_constructor_option():
     """Each keyword of each torch constructor appears in at least one registry row."""
     import inspect
 
-    for algo in ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop"]:
+    for algo in ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]:
         names = set(inspect.signature(getattr(torch.optim, algo)).parameters) - {"params", "differentiable"}
         covered = set().union(*(c.kwargs for c in CASES if c.algo == algo))
         # differentiable has its own test module (it needs non-leaf parameters)

@@ -3,7 +3,8 @@
 It is the oracle every faster path is tested against, and the path that supports
 ``differentiable=True`` (autograd records the in-place updates when the step runs with grad
 enabled). Per parameter it: creates state on first use, increments ``step``, applies the
-cross-cutting wrappers (maximize, weight decay, complex-as-real) and calls ``update``.
+cross-cutting wrappers (maximize, weight decay, complex-as-real), runs ``advance`` on the 0-d
+per-parameter state if the algorithm has any, and calls ``update``.
 """
 
 from __future__ import annotations
@@ -28,26 +29,33 @@ def new_step_tensor(p: torch.Tensor, group: dict, value: float = 0.0) -> torch.T
     return torch.tensor(value, dtype=_scalar_dtype(fused), device=p.device if on_device else "cpu")
 
 
-def step_group(opt: Any, group: dict) -> None:
-    """One step of ``opt.algorithm`` over the parameters of ``group`` that have a gradient."""
+def ensure_state(algo: Any, p: torch.Tensor, group: dict, state: dict, names: tuple[str, ...]) -> bool:
+    """Create whatever state ``p`` lacks; True when something was created (a first step)."""
+    missing = [n for n in names if n not in state]
+    first = bool(missing) or (algo.counts_steps and "step" not in state)
+    if first:
+        initial = algo.initial_state(p, group)
+        if algo.counts_steps and "step" not in state:
+            state["step"] = initial["step"] if "step" in initial else new_step_tensor(p, group)
+        for n in missing:
+            state[n] = initial[n]
+    return first
+
+
+def step_group(opt: Any, group: dict, params: list[torch.Tensor] | None = None) -> None:
+    """One step of ``opt.algorithm`` over the parameters of ``group`` (or the listed subset)
+    that have a gradient."""
     algo = opt.algorithm
     names = algo.state_names(group)
     cache: dict[Any, dict] = {}
-    for p in group["params"]:
+    for p in group["params"] if params is None else params:
         g = p.grad
         if g is None:
             continue
         if g.is_sparse and algo.sparse_update is None:
             raise RuntimeError(algo.sparse_error)
         state = opt.state[p]
-        missing = [n for n in names if n not in state]
-        first = bool(missing) or (algo.counts_steps and "step" not in state)
-        if first:
-            if algo.counts_steps and "step" not in state:
-                state["step"] = new_step_tensor(p, group)
-            initial = algo.initial_state(p, group)
-            for n in missing:
-                state[n] = initial[n]
+        first = ensure_state(algo, p, group, state, names)
         step: Any = None
         if algo.counts_steps:
             state["step"] += 1
@@ -63,8 +71,22 @@ def step_group(opt: Any, group: dict) -> None:
             # recorded for backward are never overwritten in place
             tensors = {n: t.clone() for n, t in tensors.items()}
             state.update(tensors)
+        if algo.advance is not None:
+            scalars = {**scalars, **algo.advance(scalars, **{n: tensors.pop(n) for n in algo.scalar_state})}
         if g.is_sparse:
             algo.sparse_update(p, g, **tensors, **scalars)
         else:
             real = {n: wrappers.as_real(t) for n, t in tensors.items()}
             algo.update(wrappers.as_real(p), wrappers.as_real(g), **real, **scalars)
+
+
+def upgrade_scalar_state(opt: Any) -> None:
+    """Old checkpoints stored 0-d per-parameter state (``mu_product``, ``eta``, ...) as Python
+    numbers; make each a tensor laid out as the algorithm's ``init`` lays it out."""
+    algo = opt.algorithm
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p) or {}
+            for n in algo.scalar_state:
+                if n in state and not torch.is_tensor(state[n]):
+                    state[n] = algo.initial_state(p, group)[n].fill_(float(state[n]))

@@ -10,6 +10,17 @@ An algorithm is
 * ``update(p, g, **state, **scalars)`` -- the element-wise math: reads ``g``, updates the state
   tensors and ``p`` in place. This is the only place an algorithm's math lives.
 
+Optionally, an algorithm with per-parameter 0-d state that is not element-wise (NAdam's
+``mu_product``, ASGD's ``eta`` and ``mu``) names it in ``scalar_state`` (it stays in
+``state_names``, for torch's key order) and gives
+
+* ``advance(scalars, **scalar_state)`` -- the per-parameter stage: reads those 0-d tensors,
+  updates them in place and returns the further scalars ``update`` takes for this parameter.
+  ``update`` never sees the 0-d tensors themselves.
+
+``init`` may also return ``step``, when the counter is not laid out as usual (ASGD keeps it on the
+parameter's device).
+
 ``g`` reaching ``update`` has already been negated for ``maximize`` and has L2 weight decay added
 (or ``p`` decayed, for decoupled weight decay); complex tensors arrive viewed as real. See
 :mod:`torchstep.core.wrappers`.
@@ -48,6 +59,13 @@ class Algorithm:
     sparse_update: Callable[..., None] | None = None
     sparse_error: str = ""
     sparse_weight_decay: bool = True
+    # per-parameter 0-d state handled by ``advance`` rather than ``update`` (see module docstring)
+    scalar_state: tuple[str, ...] = ()
+    advance: Callable[..., Scalars] | None = None
+
+    def elementwise_names(self, group: dict) -> tuple[str, ...]:
+        """The state tensors ``update`` takes: ``state_names`` less ``scalar_state``."""
+        return tuple(n for n in self.state_names(group) if n not in self.scalar_state)
 
     def initial_state(self, p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
         """The state tensors a parameter starts with."""

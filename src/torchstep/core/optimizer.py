@@ -84,7 +84,10 @@ class Optimizer(torch.optim.Optimizer):
     """
 
     algorithm: Algorithm | None = None
-    _step_supports_amp_scaling = False
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # GradScaler hands us grad_scale / found_inf
+        return self.algorithm is not None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -185,18 +188,25 @@ class Optimizer(torch.optim.Optimizer):
     # -- stepping -------------------------------------------------------------------------
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Update every parameter that has a gradient; returns ``closure()``'s loss if given."""
+        """Update every parameter that has a gradient; returns ``closure()``'s loss if given.
+
+        With ``torch.amp.GradScaler``, the scaler hands over ``grad_scale`` / ``found_inf``: a step
+        with non-finite gradients changes nothing, and unscaling happens inside the update pass.
+        """
         if self.algorithm is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither `algorithm` nor `step`")
-        from ..backends import reference
+        from ..backends import dispatch
 
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and float(found_inf) != 0.0:
+            return loss
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
             for group in self.param_groups:
-                reference.step_group(self, group)
+                dispatch.step_group(self, group, getattr(self, "grad_scale", None))
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:

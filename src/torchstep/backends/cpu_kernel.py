@@ -1,0 +1,200 @@
+"""Generate, compile and cache a C/OpenMP kernel for a traced element-wise :class:`Program`.
+
+One kernel call updates a whole bucket (a list of same-dtype CPU tensors): the work is cut into
+chunks of at most ``CHUNK`` elements, OpenMP threads take chunks, and each chunk is one
+vectorisable loop that reads every operand once and writes every updated tensor once.
+Tensors stay where they are (no flattening copy): the kernel receives, per operand, a table of
+data pointers.
+
+Compilation uses the system C compiler (``$CC`` or ``cc``) with ``-O3 -march=native -fopenmp``;
+a kernel is compiled once per program and dtype and cached on disk (``$TORCHSTEP_CACHE`` or
+``~/.cache/torchstep``), so later processes only load it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .trace import Program
+
+CHUNK = 1 << 15
+_C_TYPES = {torch.float32: ("float", "f"), torch.float64: ("double", "")}
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+class CompilerUnavailable(RuntimeError):
+    """No working C compiler with OpenMP was found."""
+
+
+def supported_dtype(dtype: torch.dtype) -> bool:
+    return dtype in _C_TYPES
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TORCHSTEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchstep")
+    return Path(root) / "kernels"
+
+
+def compiler() -> str | None:
+    """The C compiler to use, or None when there is none."""
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+def _expr(node: tuple, ref, elem: bool, ctype: str, suffix: str) -> str:
+    """C source of one node; ``ref(i)`` names an earlier node in the right precision."""
+    op, *a = node
+    fn = (lambda name: name + suffix) if elem else (lambda name: name)
+    binary = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+    if op in binary:
+        return f"({ref(a[0])} {binary[op]} {ref(a[1])})"
+    if op == "neg":
+        return f"(-{ref(a[0])})"
+    if op == "sqrt":
+        return f"{fn('sqrt')}({ref(a[0])})"
+    if op == "abs":
+        return f"{fn('fabs')}({ref(a[0])})"
+    if op == "pow":
+        return f"{fn('pow')}({ref(a[0])}, {ref(a[1])})"
+    if op == "sign":
+        x = ref(a[0])
+        return f"(({ctype})(({x}) > 0) - ({ctype})(({x}) < 0))"
+    if op in ("max", "min"):
+        x, y = ref(a[0]), ref(a[1])
+        pick = ">" if op == "max" else "<"
+        return f"(({x}) != ({x}) ? ({x}) : ({y}) != ({y}) ? ({y}) : (({x}) {pick} ({y}) ? ({x}) : ({y})))"
+    if op in ("gt", "lt", "eq"):
+        cmp = {"gt": ">", "lt": "<", "eq": "=="}[op]
+        return f"(({ctype})({ref(a[0])} {cmp} {ref(a[1])}))"
+    if op == "where":
+        return f"(({ref(a[0])}) != 0 ? ({ref(a[1])}) : ({ref(a[2])}))"
+    if op == "lerp":
+        # torch's formula: a small weight steps from the start, a large one back from the end
+        s, e, w = ref(a[0]), ref(a[1]), ref(a[2])
+        return f"({fn('fabs')}({w}) < ({ctype})0.5 ? {s} + {w} * ({e} - {s}) : {e} - ({e} - {s}) * (({ctype})1 - {w}))"
+    raise ValueError(f"no C form for node {op}")
+
+
+def uniform_nodes(program: Program) -> list[int]:
+    """Indices of the nodes that are the same for every element (constants, arguments and
+    arithmetic on them), in program order. The kernel receives their values precomputed."""
+    uniform: list[int] = []
+    seen: set[int] = set()
+    for i, node in enumerate(program.nodes):
+        if node[0] in ("const", "arg") or (node[0] != "in" and all(j in seen for j in node[1:] if isinstance(j, int))):
+            uniform.append(i)
+            seen.add(i)
+    return uniform
+
+
+def _sqrt(x):
+    return x.sqrt() if isinstance(x, torch.Tensor) else math.sqrt(x)
+
+
+_PY_OPS = {
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
+    "neg": lambda a: -a, "sqrt": _sqrt, "pow": lambda a, b: a**b, "abs": abs,
+}
+
+
+def evaluate_uniform(program: Program, args: list) -> list[float]:
+    """Values of :func:`uniform_nodes`, computed in Python with the arguments as given (floats or
+    0-d tensors), so scalar arithmetic follows torch's rules exactly (e.g. in a tensor lr's dtype)."""
+    values: dict[int, object] = {}
+    for i in uniform_nodes(program):
+        op, *a = program.nodes[i]
+        if op == "const":
+            values[i] = a[0]
+        elif op == "arg":
+            values[i] = args[a[0]]
+        elif op in _PY_OPS:
+            values[i] = _PY_OPS[op](*(values[j] for j in a))
+        else:
+            raise ValueError(f"uniform node {op} has no Python form")
+    return [float(v) for v in values.values()]
+
+
+def generate(program: Program, dtype: torch.dtype) -> str:
+    """The C source of ``program`` for tensors of ``dtype``; ``args`` holds the values of
+    :func:`uniform_nodes`, in order."""
+    ctype, suffix = _C_TYPES[dtype]
+    slots = {node: k for k, node in enumerate(uniform_nodes(program))}
+    head = [f"  const {ctype} c{i} = ({ctype})args[{k}];" for i, k in slots.items()]
+    body = []
+    for i, node in enumerate(program.nodes):
+        if i in slots:
+            continue
+        if node[0] == "in":
+            body.append(f"      const {ctype} v{i} = x{node[1]}[i];")
+        else:
+            ref = lambda j: f"c{j}" if j in slots else f"v{j}"  # noqa: E731
+            body.append(f"      const {ctype} v{i} = {_expr(node, ref, True, ctype, suffix)};")
+    stores = [f"      x{program.inputs.index(n)}[i] = {'c' if j in slots else 'v'}{j};" for n, j in program.outputs.items()]
+    ptrs = [f"    {ctype} *restrict x{k} = (({ctype} *const *)ptrs[{k}])[t] + start;" for k in range(len(program.inputs))]
+    return "\n".join([
+        "#include <math.h>",
+        "#include <stdint.h>",
+        "void step(int64_t nchunks, const int64_t *chunk_tensor, const int64_t *chunk_start, const int64_t *chunk_len,",
+        "          void *const *const *ptrs, const double *args, int nthreads) {",
+        *head,
+        "  #pragma omp parallel for schedule(static) num_threads(nthreads)",
+        "  for (int64_t c = 0; c < nchunks; ++c) {",
+        "    const int64_t t = chunk_tensor[c], start = chunk_start[c], n = chunk_len[c];",
+        *ptrs,
+        "    #pragma omp simd",
+        "    for (int64_t i = 0; i < n; ++i) {",
+        *body, *stores,
+        "    }",
+        "  }",
+        "}",
+        "",
+    ])
+
+
+def _machine_tag() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return f"{platform.machine()}-{sys.platform}-{hashlib.sha1(cpu.encode()).hexdigest()[:8]}"
+
+
+def load(source: str) -> ctypes.CDLL:
+    """Compile ``source`` (or reuse the cached library) and return it loaded."""
+    cc = compiler()
+    digest = hashlib.sha256((source + (cc or "") + _machine_tag()).encode()).hexdigest()[:24]
+    if digest in _loaded:
+        return _loaded[digest]
+    if cc is None:
+        raise CompilerUnavailable("no C compiler found (set $CC or install gcc/clang)")
+    target = cache_dir() / f"step_{digest}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src = Path(tmp) / "kernel.c"
+            src.write_text(source)
+            out = Path(tmp) / "kernel.so"
+            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared", str(src), "-o", str(out)]
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise CompilerUnavailable(f"{cc} failed: {result.stderr.strip()[:500]}")
+            os.replace(out, target)  # atomic: concurrent processes never see half a file
+    lib = ctypes.CDLL(str(target))
+    lib.step.restype = None
+    lib.step.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                         ctypes.c_void_p, ctypes.c_int]
+    _loaded[digest] = lib
+    return lib

@@ -1,0 +1,99 @@
+"""Choosing the backend for one group's step.
+
+The fused backend is the default. ``fused=False`` or ``foreach=False`` ask for the tensor-by-tensor
+path, as in torch. Where the fused path cannot run -- ``differentiable=True``, no C compiler, a
+device or dtype without a kernel, an update the tracer cannot model -- the step uses the
+reference path and warns once per optimizer, naming the reason. Sparse or non-contiguous
+gradients take the reference path silently (they are a different algorithm path, as in torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Any, Iterator
+
+import torch
+
+from . import cpu_kernel, fused, reference
+from .trace import NotTraceable
+
+_untraceable: dict[str, str] = {}
+_BACKENDS = ("auto", "fused", "reference")
+_forced: list[str] = [os.environ.get("TORCHSTEP_BACKEND", "auto")]
+
+
+@contextlib.contextmanager
+def use(backend: str) -> Iterator[None]:
+    """Run steps inside the block on ``backend``: "auto" (fused where it can run), "fused"
+    (same, but a fallback raises instead of warning) or "reference". The environment variable
+    ``TORCHSTEP_BACKEND`` sets the default."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    _forced.append(backend)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def _warn_once(opt: Any, reason: str) -> None:
+    if _forced[-1] == "fused":
+        raise RuntimeError(f"{type(opt).__name__}: fused step unavailable ({reason})")
+    seen = opt.__dict__.setdefault("_fused_warnings", set())
+    if reason not in seen:
+        seen.add(reason)
+        warnings.warn(f"{type(opt).__name__}: fused step unavailable ({reason}); using the reference path", stacklevel=4)
+
+
+def _fused_off(opt: Any, group: dict) -> tuple[bool, str | None]:
+    """(use the fused path?, reason to warn about when not)."""
+    if _forced[-1] == "reference":
+        return False, None
+    if group.get("fused") is False or group.get("foreach") is False:
+        return False, None
+    if group.get("differentiable", False):
+        return False, "differentiable=True needs autograd to record the update"
+    if opt.algorithm.name in _untraceable:
+        return False, _untraceable[opt.algorithm.name]
+    if cpu_kernel.compiler() is None:
+        return False, "no C compiler found (set $CC or install gcc/clang)"
+    return True, None
+
+
+def _unscale(params: list[torch.Tensor], grad_scale: Any) -> None:
+    if grad_scale is not None:
+        inv = 1.0 / float(grad_scale)
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(inv)
+
+
+def step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
+    """Run one step of ``opt.algorithm`` over ``group`` on the best available backend."""
+    use_fused, reason = _fused_off(opt, group)
+    if use_fused:
+        steps = opt.__dict__.setdefault("_fused_counters", {}).setdefault(id(group), fused.GroupCounters())
+        try:
+            leftover = fused.step_group(opt, group, steps, grad_scale)
+        except NotTraceable as exc:
+            _untraceable[opt.algorithm.name] = f"the update uses an operation the tracer does not model: {exc}"
+            _warn_once(opt, _untraceable[opt.algorithm.name])
+            leftover = None
+        except cpu_kernel.CompilerUnavailable as exc:
+            _warn_once(opt, str(exc))
+            leftover = None
+        if leftover is None:  # nothing was updated: the whole group goes the reference way
+            leftover = [p for p in group["params"] if p.grad is not None]
+        for p in leftover:
+            if p.grad is not None and not p.grad.is_sparse and not fused.can_fuse_device_dtype(p):
+                _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
+        _unscale(leftover, grad_scale)
+        reference.step_group(opt, group, leftover)
+        return
+    if reason is not None:
+        _warn_once(opt, reason)
+    params = [p for p in group["params"] if p.grad is not None]
+    _unscale(params, grad_scale)
+    reference.step_group(opt, group, params)

@@ -1,0 +1,218 @@
+"""Trace an algorithm's ``update`` into an element-wise expression graph.
+
+The fused backends never re-type an algorithm's math: they call the very same ``update`` (and
+the cross-cutting wrappers) on :class:`Sym` placeholders instead of tensors. Every tensor
+operation the update performs is recorded as a node; in-place operations rebind the placeholder
+to the new node. The result is a small SSA program per element -- inputs (parameter, gradient,
+state), runtime scalars (lr, bias corrections, ...), and the final value of every tensor the
+update wrote -- that a code generator turns into one loop over memory.
+
+Booleans and ``None`` stay concrete during tracing (they choose the program's structure, e.g.
+``nesterov`` or whether ``max_exp_avg_sq`` exists); numbers become runtime scalar arguments, so a
+changing lr never builds a new kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+class NotTraceable(Exception):
+    """The update used an operation the element-wise tracer does not model."""
+
+
+@dataclass
+class Program:
+    """An element-wise program: ``nodes[i] = (op, args)``; ``outputs`` maps a written input to
+    the node holding its final value."""
+
+    inputs: list[str]
+    scalars: list[str]
+    nodes: list[tuple] = field(default_factory=list)
+    outputs: dict[str, int] = field(default_factory=dict)
+
+    def key(self) -> tuple:
+        return (tuple(self.inputs), tuple(self.scalars), tuple(self.nodes), tuple(sorted(self.outputs.items())))
+
+
+class _Tracer:
+    def __init__(self, inputs: list[str], scalars: list[str]) -> None:
+        self.program = Program(list(inputs), list(scalars))
+        self._memo: dict[tuple, int] = {}
+
+    def node(self, op: str, *args: Any) -> int:
+        key = (op, *args)
+        if key not in self._memo:
+            self.program.nodes.append(key)
+            self._memo[key] = len(self.program.nodes) - 1
+        return self._memo[key]
+
+
+def _ref(tracer: _Tracer, x: Any) -> Any:
+    """An operand: a node index for placeholders, a ('const', v) tuple for numbers."""
+    if isinstance(x, Sym):
+        return x.node
+    if isinstance(x, bool):
+        raise NotTraceable("a boolean used as a number")
+    if isinstance(x, (int, float)):
+        return tracer.node("const", float(x))
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        raise NotTraceable("a tensor hyperparameter reached the update (pass it through scalars)")
+    raise NotTraceable(f"unsupported operand {type(x).__name__}")
+
+
+class Sym:
+    """A placeholder for one element of a tensor (or a uniform scalar) during tracing."""
+
+    def __init__(self, tracer: _Tracer, node: int, uniform: bool) -> None:
+        self.tracer, self.node, self.uniform = tracer, node, uniform
+        self.requires_grad = False
+        self.is_sparse = False
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _new(self, op: str, *args: Any) -> "Sym":
+        uniform = all(not isinstance(a, Sym) or a.uniform for a in (self, *args))
+        return Sym(self.tracer, self.tracer.node(op, *(_ref(self.tracer, a) for a in (self, *args))), uniform)
+
+    def _set(self, other: "Sym") -> "Sym":
+        if self.uniform and not other.uniform:
+            raise NotTraceable("an in-place update writes a per-element value into a scalar")
+        self.node = other.node
+        return self
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = _TORCH_FUNCTIONS.get(func)
+        if handler is None:
+            raise NotTraceable(f"torch function {getattr(func, '__name__', func)} is not modelled")
+        return handler(*args, **kwargs)
+
+    # -- arithmetic ----------------------------------------------------------------------
+    def __add__(self, o): return self._new("add", o)
+    def __radd__(self, o): return _lift(self, o)._new("add", self)
+    def __sub__(self, o): return self._new("sub", o)
+    def __rsub__(self, o): return _lift(self, o)._new("sub", self)
+    def __mul__(self, o): return self._new("mul", o)
+    def __rmul__(self, o): return _lift(self, o)._new("mul", self)
+    def __truediv__(self, o): return self._new("div", o)
+    def __rtruediv__(self, o): return _lift(self, o)._new("div", self)
+    def __neg__(self): return self._new("neg")
+    def __pow__(self, o):
+        if o == 0.5:
+            return self._new("sqrt")
+        if o == 2:
+            return self._new("mul", self)
+        return self._new("pow", o)
+    def __rpow__(self, o): return _lift(self, o)._new("pow", self)
+
+    def add(self, o, *, alpha=1): return self._new("add", o if alpha == 1 else _times(o, alpha))
+    def sub(self, o, *, alpha=1): return self._new("sub", o if alpha == 1 else _times(o, alpha))
+    def mul(self, o): return self._new("mul", o)
+    def div(self, o): return self._new("div", o)
+    def neg(self): return self._new("neg")
+    def sqrt(self): return self._new("sqrt")
+    def abs(self): return self._new("abs")
+    def sign(self): return self._new("sign")
+    def square(self): return self._new("mul", self)
+    def pow(self, o): return self ** o
+    def clone(self, **_): return Sym(self.tracer, self.node, self.uniform)
+    def detach(self): return self
+    def addcmul(self, a, b, *, value=1): return self._new("add", _times(_times(a, value), b))
+    def addcdiv(self, a, b, *, value=1): return self._new("add", _times(a, value)._new("div", b))
+    def lerp(self, end, weight): return self._new("lerp", end, weight)
+    def maximum(self, o): return self._new("max", o)
+    def minimum(self, o): return self._new("min", o)
+    def clamp(self, min=None, max=None):
+        out = self
+        if min is not None:
+            out = out._new("max", min)
+        if max is not None:
+            out = out._new("min", max)
+        return out
+    def gt(self, o): return self._new("gt", o)
+    def lt(self, o): return self._new("lt", o)
+    def eq(self, o): return self._new("eq", o)
+    def __gt__(self, o): return self.gt(o)
+    def __lt__(self, o): return self.lt(o)
+
+    def add_(self, o, *, alpha=1): return self._set(self.add(o, alpha=alpha))
+    def sub_(self, o, *, alpha=1): return self._set(self.sub(o, alpha=alpha))
+    def mul_(self, o): return self._set(self.mul(o))
+    def div_(self, o): return self._set(self.div(o))
+    def neg_(self): return self._set(self.neg())
+    def sqrt_(self): return self._set(self.sqrt())
+    def addcmul_(self, a, b, *, value=1): return self._set(self.addcmul(a, b, value=value))
+    def addcdiv_(self, a, b, *, value=1): return self._set(self.addcdiv(a, b, value=value))
+    def lerp_(self, end, weight): return self._set(self.lerp(end, weight))
+    def copy_(self, o): return self._set(_lift(self, o))
+    def clamp_(self, min=None, max=None): return self._set(self.clamp(min, max))
+    def zero_(self): return self._set(_lift(self, 0.0))
+    def fill_(self, v): return self._set(_lift(self, v))
+
+    def __bool__(self):
+        raise NotTraceable("the update branches on a tensor value")
+
+
+def _lift(like: Sym, x: Any) -> Sym:
+    if isinstance(x, Sym):
+        return x
+    return Sym(like.tracer, _ref(like.tracer, x), True)
+
+
+def _times(x: Any, factor: Any) -> Any:
+    if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor == 1:
+        return x
+    if isinstance(x, Sym):
+        return x._new("mul", factor)
+    if isinstance(factor, Sym):
+        return _lift(factor, x)._new("mul", factor)
+    return x * factor
+
+
+def _where(cond, a, b):
+    anchor = next(v for v in (cond, a, b) if isinstance(v, Sym))
+    return _lift(anchor, cond)._new("where", a, b)
+
+
+def _maximum(a, b, *, out=None):
+    result = _lift(b if isinstance(b, Sym) else a, a)._new("max", b)
+    return out._set(result) if out is not None else result
+
+
+def _minimum(a, b, *, out=None):
+    result = _lift(b if isinstance(b, Sym) else a, a)._new("min", b)
+    return out._set(result) if out is not None else result
+
+
+_TORCH_FUNCTIONS: dict[Callable, Callable] = {
+    torch.maximum: _maximum,
+    torch.minimum: _minimum,
+    torch.where: _where,
+    torch.sqrt: lambda x: x.sqrt(),
+    torch.abs: lambda x: x.abs(),
+    torch.sign: lambda x: x.sign(),
+    torch.square: lambda x: x.square(),
+    torch.Tensor.add: lambda s, o, alpha=1: s.add(o, alpha=alpha),
+    torch.Tensor.mul: lambda s, o: s.mul(o),
+    torch.Tensor.sub: lambda s, o, alpha=1: s.sub(o, alpha=alpha),
+}
+
+
+def trace(fn: Callable[..., None], inputs: list[str], written: list[str], scalars: dict[str, Any]) -> Program:
+    """Run ``fn(**element_placeholders, **scalar_placeholders)`` and return its program.
+
+    ``inputs`` are per-element operands (e.g. ``p``, ``g``, state names); ``written`` those whose
+    final value must be stored; ``scalars`` maps a name to its value: numbers become runtime
+    arguments, booleans/None/strings stay concrete.
+    """
+    numeric = [k for k, v in scalars.items() if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool)]
+    tracer = _Tracer(inputs, numeric)
+    element = {n: Sym(tracer, tracer.node("in", i), False) for i, n in enumerate(inputs)}
+    args = {k: (Sym(tracer, tracer.node("arg", numeric.index(k)), True) if k in numeric else v) for k, v in scalars.items()}
+    fn(**element, **args)
+    tracer.program.outputs = {n: element[n].node for n in written if element[n].node != tracer.node("in", inputs.index(n))}
+    return tracer.program
