@@ -1,0 +1,219 @@
+"""The fused backend: robustness cases give the reference path's results, no rebuilds when lr
+changes, GradScaler's grad_scale / found_inf consumed in the pass, and one warning per fallback."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import torchstep.optim as ts_optim
+from torchstep.backends import cpu_kernel, dispatch, fused, use
+
+TOL = dict(rtol=1e-6, atol=1e-7)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+
+
+def _train(backend, algo, kwargs, steps=12, mutate=None):
+    model = _model()
+    opt = getattr(ts_optim, algo)(model.parameters(), **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    with use(backend):
+        for step in range(steps):
+            if mutate is not None:
+                mutate(step, model, opt)
+            opt.zero_grad()
+            x = torch.randn(8, 5, generator=gen, dtype=next(model.parameters()).dtype)
+            model(x).pow(2).mean().backward()
+            opt.step()
+    return model, opt
+
+
+def _same(mutate, algo="Adam", kwargs=None):
+    kwargs = kwargs or dict(lr=1e-2, weight_decay=0.1)
+    a, oa = _train("fused", algo, kwargs, mutate=mutate)
+    b, ob = _train("reference", algo, kwargs, mutate=mutate)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, **TOL)
+    for p, q in zip(a.parameters(), b.parameters()):
+        for k, v in ob.state[q].items():
+            torch.testing.assert_close(oa.state[p][k], v, **TOL)
+
+
+def test_grads_set_to_none_and_params_without_grads():
+    def mutate(step, model, opt):
+        if step % 3 == 1:
+            model[2].bias.requires_grad_(False)
+        else:
+            model[2].bias.requires_grad_(True)
+
+    _same(mutate)
+
+
+def test_param_group_added_later():
+    def mutate(step, model, opt):
+        if step == 0:
+            opt.param_groups[0]["params"] = list(model[0].parameters())
+        if step == 5:
+            opt.add_param_group({"params": list(model[2].parameters()), "lr": 3e-3})
+
+    _same(mutate, "SGD", dict(lr=0.05, momentum=0.9))
+
+
+def test_model_converted_after_optimizer_built():
+    def mutate(step, model, opt):
+        if step == 0:
+            model.double()  # parameters keep their identity, their data is replaced
+
+    _same(mutate, "RMSprop", dict(lr=1e-2, centered=True))
+
+
+def test_lr_changes_every_step_without_rebuilding():
+    model = _model()
+    opt = ts_optim.AdamW(model.parameters(), lr=1e-3)
+    with use("fused"):
+        for step in range(3):
+            model(torch.randn(4, 5)).sum().backward()
+            opt.step()
+        built = len(fused._programs)
+        for step in range(10):
+            opt.param_groups[0]["lr"] = 1e-3 * (step + 1)
+            opt.param_groups[0]["betas"] = (0.9 - 0.01 * step, 0.999)
+            model(torch.randn(4, 5)).sum().backward()
+            opt.step()
+    assert len(fused._programs) == built
+
+
+def test_load_state_dict_into_fused_optimizer_continues_like_reference():
+    src_model = _model()
+    src = ts_optim.NAdam(src_model.parameters(), lr=1e-2)
+    with use("reference"):
+        for _ in range(4):
+            src_model(torch.randn(4, 5)).sum().backward()
+            src.step()
+    results = []
+    for backend in ("fused", "reference"):
+        model = _model()
+        model.load_state_dict(src_model.state_dict())
+        opt = ts_optim.NAdam(model.parameters(), lr=1e-2)
+        opt.load_state_dict(copy.deepcopy(src.state_dict()))  # torch, too, aliases same-device tensors
+        gen = torch.Generator().manual_seed(5)
+        with use(backend):
+            for _ in range(6):
+                opt.zero_grad()
+                model(torch.randn(4, 5, generator=gen)).sum().backward()
+                opt.step()
+        results.append((model, opt))
+    for p, q in zip(results[0][0].parameters(), results[1][0].parameters()):
+        torch.testing.assert_close(p, q, **TOL)
+        torch.testing.assert_close(results[0][1].state[p]["mu_product"], results[1][1].state[q]["mu_product"])
+    # the fused path keeps torch's layout: each counter is its own 0-d tensor
+    state = results[0][1].state_dict()["state"][0]
+    assert state["step"].shape == () and state["step"].item() == 10
+
+
+def test_params_skipping_steps_get_their_own_bias_correction():
+    def mutate(step, model, opt):
+        model[0].weight.requires_grad_(step % 2 == 0)
+
+    _same(mutate, "Adam", dict(lr=1e-2, amsgrad=True))
+
+
+@pytest.mark.parametrize("algo", ["Adam", "SGD", "RMSprop"])
+def test_grad_scaler_inf_step_changes_nothing(algo):
+    model = _model()
+    opt = getattr(ts_optim, algo)(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    with use("fused"):
+        scaler.scale(model(torch.randn(4, 5)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+        before = [p.detach().clone() for p in model.parameters()]
+        state_before = {k: {n: v.clone() for n, v in s.items()} for k, s in opt.state_dict()["state"].items()}
+        opt.zero_grad()
+        scaler.scale(model(torch.full((4, 5), float("inf"))).sum()).backward()
+        scaler.step(opt)
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), b)
+    for k, s in opt.state_dict()["state"].items():
+        for n, v in s.items():
+            torch.testing.assert_close(v, state_before[k][n])
+
+
+def test_fallback_warns_once_naming_the_reason():
+    p = torch.nn.Parameter(torch.randn(4, dtype=torch.bfloat16))
+    opt = ts_optim.Adam([p], lr=1e-2)
+    with pytest.warns(UserWarning, match=r"fused step unavailable \(no fused kernel for cpu torch.bfloat16 tensors\)"):
+        for _ in range(3):
+            p.grad = torch.ones_like(p)
+            opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p.grad = torch.ones_like(p)
+        opt.step()  # no second warning
+
+
+def test_differentiable_uses_reference_with_warning():
+    p = torch.randn(3, requires_grad=True).clone()
+    p.grad = torch.ones(3)
+    with pytest.warns(UserWarning, match="differentiable=True"):
+        ts_optim.SGD([p], lr=0.1, differentiable=True).step()
+
+
+def test_no_compiler_falls_back(monkeypatch):
+    monkeypatch.setattr(cpu_kernel, "compiler", lambda: None)
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.ones(3)
+    with pytest.warns(UserWarning, match="no C compiler found"):
+        ts_optim.Adam([p], lr=0.1).step()
+
+
+def test_fused_false_and_foreach_false_take_the_loop_silently():
+    for kwargs in (dict(fused=False), dict(foreach=False)):
+        p = torch.nn.Parameter(torch.randn(3))
+        p.grad = torch.ones(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ts_optim.Adam([p], lr=0.1, **kwargs).step()
+
+
+def test_forcing_fused_raises_instead_of_falling_back():
+    p = torch.nn.Parameter(torch.randn(4, dtype=torch.float16))
+    p.grad = torch.ones_like(p)
+    with use("fused"), pytest.raises(RuntimeError, match="fused step unavailable"):
+        ts_optim.Adam([p]).step()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with use("gpu"):
+            pass
+
+
+def test_many_small_tensors_one_kernel_call(monkeypatch):
+    """2000 tensors in a group are one kernel call, not a Python loop of calls."""
+    params = [torch.nn.Parameter(torch.randn(10)) for _ in range(2000)]
+    opt = ts_optim.Adam(params, lr=1e-3)
+    for p in params:
+        p.grad = torch.randn(10)
+    with use("fused"):
+        opt.step()
+    calls = []
+    lib, program = next(iter(fused._programs.values()))
+    original = fused._kernel
+
+    def counting(*args, **kwargs):
+        lib, program = original(*args, **kwargs)
+
+        class Spy:
+            def step(self, *a):
+                calls.append(a[0])
+                lib.step(*a)
+
+        return Spy(), program
+
+    monkeypatch.setattr(fused, "_kernel", counting)
+    with use("fused"):
+        opt.step()
+    assert len(calls) == 1
