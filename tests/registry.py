@@ -183,3 +183,108 @@ ERRORS += [
     ("SparseAdam", dict(lr=0.0), ValueError, r"Invalid learning rate: 0\.0 \(lr must be > 0\)"),
     ("SparseAdam", dict(eps=0.0), ValueError, r"Invalid epsilon value: 0\.0 \(eps must be > 0\)"),
 ]
+
+
+# -- Adamax, NAdam, RAdam, ASGD, Rprop ------------------------------------------------------------
+
+def _adamax() -> list[Case]:
+    base = _grid("Adamax", dict(lr=5e-3, betas=(0.8, 0.99)), lr=[1e-2], weight_decay=[0.0, 0.1], maximize=[False, True])
+    extra = [Case("Adamax", dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-3)), Case("Adamax", dict(lr=torch.tensor(1e-2)))]
+    return _with_impl(base, _IMPL_CAPTURABLE) + extra
+
+
+def _nadam() -> list[Case]:
+    base = _grid(
+        "NAdam", dict(lr=5e-3, betas=(0.8, 0.99), momentum_decay=0.05),
+        lr=[1e-2], weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], momentum_decay=[4e-3, 0.2],
+        maximize=[False, True],
+    )
+    base = [c for c in base if c.kwargs["weight_decay"] or not c.kwargs["decoupled_weight_decay"]]
+    extra = [
+        Case("NAdam", dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-3, momentum_decay=0.0)),
+        Case("NAdam", dict(lr=torch.tensor(1e-2), weight_decay=0.1, decoupled_weight_decay=True)),
+        # torch's foreach path takes a tensor lr as a double (lr.item()), its for-loop path does the
+        # step-size arithmetic in the tensor's float32; torchstep follows the for-loop path
+        Case("NAdam", dict(lr=torch.tensor([1e-2]), foreach=True), torch_kwargs=dict(lr=torch.tensor([1e-2]))),
+    ]
+    return _with_impl(base, _IMPL_CAPTURABLE) + extra
+
+
+def _radam() -> list[Case]:
+    # beta2=0.9 rectifies from step 6 on, 0.999 from step 6 with a tiny correction, 0.5 never
+    base = _grid(
+        "RAdam", dict(lr=5e-3, betas=(0.8, 0.99)),
+        lr=[1e-2], betas=[(0.9, 0.9), (0.9, 0.999)], weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True],
+        maximize=[False, True],
+    )
+    base = [c for c in base if c.kwargs["weight_decay"] or not c.kwargs["decoupled_weight_decay"]]
+    extra = [
+        Case("RAdam", dict(lr=1e-2, betas=(0.5, 0.5), eps=1e-3)),
+        Case("RAdam", dict(lr=torch.tensor(1e-2), betas=(0.9, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
+        # as NAdam: torch's foreach path takes a tensor lr as a double, its for-loop path as float32
+        Case("RAdam", dict(lr=torch.tensor(1e-2), betas=(0.9, 0.9), foreach=True),
+             torch_kwargs=dict(lr=torch.tensor(1e-2), betas=(0.9, 0.9))),
+    ]
+    return _with_impl(base, _IMPL_CAPTURABLE) + extra
+
+
+def _asgd() -> list[Case]:
+    # t0=5 starts the averaging inside 25 steps (mu = 1, then 1/2, 1/3, ...); t0=5.5 gives mu in (0.5, 1)
+    base = _grid(
+        "ASGD", dict(lr=5e-3, t0=3.0),
+        lr=[1e-2], lambd=[1e-4, 0.5], t0=[1e6, 5.0], weight_decay=[0.0, 0.1], maximize=[False, True],
+    )
+    extra = [
+        Case("ASGD", dict(lr=0.05, t0=5.5, lambd=0.1, alpha=1.0)),
+        Case("ASGD", dict(lr=0.05, t0=1.0, lambd=0.05, alpha=0.5)),
+        Case("ASGD", dict(lr=torch.tensor(0.05), t0=5.0, lambd=0.1)),
+        Case("ASGD", dict(lr=torch.tensor([0.05]), t0=2.0, foreach=True)),
+    ]
+    # torch's foreach ASGD computes the next eta from the float32 step tensor (float32 arithmetic,
+    # ~1e-8 off its for-loop path in float64); torchstep follows the for-loop path, so the oracle
+    # of every implementation switch is torch's default path
+    cases = _with_impl(base, _IMPL_CAPTURABLE) + extra
+    return [Case(c.algo, c.kwargs, c.group2, {k: v for k, v in c.kwargs.items() if k not in ("foreach", "capturable")})
+            for c in cases]
+
+
+def _rprop() -> list[Case]:
+    base = _grid(
+        "Rprop", dict(lr=5e-3, etas=(0.4, 1.1)),
+        lr=[1e-2], etas=[(0.5, 1.2), (0.3, 1.5)], step_sizes=[(1e-6, 50), (2e-3, 0.02)], maximize=[False, True],
+    )
+    extra = [Case("Rprop", dict(lr=torch.tensor(1e-2))), Case("Rprop", dict(lr=torch.tensor([1e-2]), foreach=True))]
+    return _with_impl(base, _IMPL_CAPTURABLE) + extra
+
+
+CASES += _adamax() + _nadam() + _radam() + _asgd() + _rprop()
+
+REPRESENTATIVE.update({
+    "Adamax": dict(lr=1e-2, weight_decay=0.1),
+    "NAdam": dict(lr=1e-2, weight_decay=0.1, momentum_decay=0.1),
+    "RAdam": dict(lr=1e-2, betas=(0.9, 0.9), weight_decay=0.1, decoupled_weight_decay=True),
+    "ASGD": dict(lr=0.05, lambd=0.1, t0=5.0, weight_decay=0.01),
+    "Rprop": dict(lr=1e-2, etas=(0.4, 1.3), step_sizes=(1e-4, 0.05)),
+})
+
+for _algo in ["Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]:
+    ERRORS += [
+        (_algo, dict(lr=-1.0), ValueError, r"Invalid learning rate: -1\.0 \(lr must be"),
+        (_algo, dict(lr=torch.tensor([0.1, 0.2])), ValueError, r"Tensor lr must be 1-element \(lr has shape \(2,\)"),
+    ]
+for _algo in ["Adamax", "NAdam", "RAdam", "ASGD"]:
+    ERRORS.append((_algo, dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0\.1 \(weight_decay must be"))
+for _algo in ["Adamax", "NAdam", "RAdam"]:
+    ERRORS += [
+        (_algo, dict(eps=-1e-8), ValueError, r"Invalid epsilon value: -1e-08 \(eps must be"),
+        (_algo, dict(betas=(1.0, 0.999)), ValueError, r"Invalid beta parameter at index 0: 1\.0 \(betas\[0\] must be in \[0\.0, 1\.0\)"),
+        (_algo, dict(betas=(-0.1, 0.999)), ValueError, r"Invalid beta parameter at index 0: -0\.1 \(betas\[0\] must be in"),
+        (_algo, dict(betas=(0.9, 1.5)), ValueError, r"Invalid beta parameter at index 1: 1\.5 \(betas\[1\] must be in"),
+    ]
+ERRORS += [
+    ("NAdam", dict(momentum_decay=-1e-3), ValueError, r"Invalid momentum_decay value: -0\.001 \(momentum_decay must be >= 0\.0\)"),
+    ("Rprop", dict(etas=(1.5, 2.0)), ValueError, r"Invalid eta values: 1\.5, 2\.0 \(etas must satisfy 0\.0 < etas\[0\] < 1\.0 < etas\[1\]\)"),
+    ("Rprop", dict(etas=(0.0, 1.2)), ValueError, r"Invalid eta values: 0\.0, 1\.2 \(etas must satisfy"),
+    ("Rprop", dict(etas=(0.5, 1.0)), ValueError, r"Invalid eta values: 0\.5, 1\.0 \(etas must satisfy"),
+    ("Rprop", dict(etas=(0.5, 0.9)), ValueError, r"Invalid eta values: 0\.5, 0\.9 \(etas must satisfy"),
+]

@@ -10,7 +10,7 @@ import torch
 import torchstep.optim as ts_optim
 from registry import ERRORS, TORCH_FAILS_DIFFERENTLY
 
-ALGOS = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam"]
+ALGOS = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]
 
 
 @pytest.mark.parametrize("algo,kwargs,exc,pattern", ERRORS, ids=[f"{e[0]}-{i}" for i, e in enumerate(ERRORS)])
@@ -38,6 +38,11 @@ def test_constructor_signature_matches_torch(algo):
         ("AdamW", "Adam does not support sparse gradients"),
         ("Adadelta", "Adadelta does not support sparse gradients"),
         ("RMSprop", "RMSprop does not support sparse gradients"),
+        ("Adamax", "Adamax does not support sparse gradients"),
+        ("NAdam", "NAdam does not support sparse gradients"),
+        ("RAdam", "RAdam does not support sparse gradients"),
+        ("ASGD", "ASGD does not support sparse gradients"),
+        ("Rprop", "Rprop does not support sparse gradients"),
     ],
 )
 def test_sparse_gradient_rejected(algo, message):

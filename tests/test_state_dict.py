@@ -12,6 +12,15 @@ from registry import CASES, REPRESENTATIVE, TOLERANCE
 ALGOS = list(REPRESENTATIVE)
 # a broader sweep: every registry row that uses no implementation switch
 PLAIN_CASES = [c for c in CASES if not ({"foreach", "fused", "capturable"} & set(c.kwargs))]
+# torch casts every state tensor but ``step`` to the parameter's dtype on load, 0-d ``mu_product`` /
+# ``eta`` / ``mu`` included: in float64 a reloaded run (torch's own too) leaves the float32 scalar
+# arithmetic of an uninterrupted one. These interchange in float32, where the cast is a no-op
+# (float64 reloads are compared with torch's own reload in test_scalar_state.py).
+LOAD_CASTS_SCALAR_STATE = {"NAdam", "ASGD"}
+
+
+def _dtype(algo):
+    return torch.float32 if algo in LOAD_CASTS_SCALAR_STATE else torch.float64
 
 
 def _through_disk(sd):
@@ -46,13 +55,13 @@ def _interchange(algo, kwargs, group2, first, second, dtype=torch.float64):
 @pytest.mark.parametrize("direction", [("torch", "torchstep"), ("torchstep", "torch")], ids=["torch->ts", "ts->torch"])
 @pytest.mark.parametrize("algo", ALGOS)
 def test_interchange_representative(algo, direction):
-    _interchange(algo, REPRESENTATIVE[algo], {"lr": 0.003}, *direction)
+    _interchange(algo, REPRESENTATIVE[algo], {"lr": 0.003}, *direction, dtype=_dtype(algo))
 
 
 @pytest.mark.parametrize("case", PLAIN_CASES, ids=[c.id for c in PLAIN_CASES])
 def test_interchange_every_plain_row(case):
-    _interchange(case.algo, case.kwargs, case.group2, "torch", "torchstep")
-    _interchange(case.algo, case.kwargs, case.group2, "torchstep", "torch")
+    _interchange(case.algo, case.kwargs, case.group2, "torch", "torchstep", dtype=_dtype(case.algo))
+    _interchange(case.algo, case.kwargs, case.group2, "torchstep", "torch", dtype=_dtype(case.algo))
 
 
 @pytest.mark.parametrize("algo", ALGOS)

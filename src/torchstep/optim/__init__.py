@@ -4,14 +4,19 @@ from ..algorithms.adadelta import Adadelta
 from ..algorithms.adafactor import Adafactor
 from ..algorithms.adagrad import Adagrad
 from ..algorithms.adam import Adam
+from ..algorithms.adamax import Adamax
 from ..algorithms.adamw import AdamW
+from ..algorithms.asgd import ASGD
 from ..algorithms.lbfgs import LBFGS
 from ..algorithms.muon import Muon
+from ..algorithms.nadam import NAdam
+from ..algorithms.radam import RAdam
 from ..algorithms.rmsprop import RMSprop
+from ..algorithms.rprop import Rprop
 from ..algorithms.sgd import SGD
 from ..algorithms.sparse_adam import SparseAdam
 from ..core.optimizer import Optimizer
 from . import lr_scheduler
 from . import swa_utils
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "LBFGS", "Adafactor", "Muon", "swa_utils"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon", "swa_utils"]
