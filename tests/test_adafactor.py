@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import torchstep.optim as ts_optim
+from registry import TOLERANCE as TOL
 from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 # scalar, vector (unfactored); matrices, a batch of matrices, a single column (factored)
 SHAPES = [(), (3,), (4, 5), (2, 3, 4), (6, 1)]
 GROUP2 = dict(lr=0.05, weight_decay=0.0, eps=(1e-20, 1e-3))
@@ -31,23 +31,78 @@ CASES = GRID + [
 ]
 
 
-def run_pair(kwargs, dtype, steps=25, group2=GROUP2, shapes=SHAPES):
-    """torch and torchstep side by side on the same gradient stream."""
-    ref_p = make_params(dtype, shapes=shapes)
-    my_p = twin(ref_p)
-    ref = build("Adafactor", groups_for(ref_p, group2), kwargs, "torch")
-    mine = build("Adafactor", groups_for(my_p, group2), kwargs, "torchstep")
+# -- shared with test_muon.py and test_lbfgs.py ------------------------------------------------
+
+
+def run_pair(algo, kwargs, dtype, shapes, group2, steps=25, libs=("torch", "torchstep")):
+    """Two optimizers (``libs``) side by side on the same gradient stream, each on two groups
+    (the second with ``group2``). Returns ``(first, second, first_params, second_params)``."""
+    a_p = make_params(dtype, shapes=shapes)
+    b_p = twin(a_p)
+    a = build(algo, groups_for(a_p, group2), kwargs, libs[0])
+    b = build(algo, groups_for(b_p, group2), kwargs, libs[1])
     for step in range(steps):
-        set_grads(step, list(zip(ref_p, my_p)))
-        ref.step()
-        mine.step()
-    return ref, mine, ref_p, my_p
+        set_grads(step, list(zip(a_p, b_p)))
+        a.step()
+        b.step()
+    return a, b, a_p, b_p
+
+
+def through_disk(sd):
+    """``sd`` saved with torch.save and loaded back (a deep copy, as a checkpoint would be)."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def interchange(algo, kwargs, dtype, shapes, group2, first, second):
+    """Train 12 steps with ``first``, move the state to ``second``, 12 more steps: both the
+    parameters and the state equal those of a ``first`` optimizer that never stopped."""
+    oracle, a, oracle_p, a_p = run_pair(algo, kwargs, dtype, shapes, group2, steps=12, libs=(first, first))
+    b_p = twin(a_p)
+    b = build(algo, groups_for(b_p, group2), kwargs, second)
+    b.load_state_dict(through_disk(a.state_dict()))
+    for step in range(12, 24):
+        set_grads(step, list(zip(oracle_p, b_p)))
+        oracle.step()
+        b.step()
+    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOL[dtype])
+
+
+def assert_signature_matches(name):
+    """Same argument names, order, kinds and defaults as torch.optim's class."""
+    ours, theirs = inspect.signature(getattr(ts_optim, name)), inspect.signature(getattr(torch.optim, name))
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+
+
+def assert_unsupported_tensor_rejected(algo, kind):
+    """A complex parameter or a sparse gradient: RuntimeError at the step, in both libraries,
+    before any parameter was updated."""
+    for lib, pattern in [(torch.optim, None), (ts_optim, rf"{algo} does not support {kind} \w+ \(")]:
+        if kind == "complex":
+            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
+            p.grad = torch.ones_like(p)
+        else:
+            p = torch.zeros(3, 2, requires_grad=True)
+            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
+        ok = torch.zeros(2, 2, requires_grad=True)
+        ok.grad = torch.ones(2, 2)
+        opt = getattr(lib, algo)([ok, p])
+        with pytest.raises(RuntimeError, match=pattern):
+            opt.step()
+        assert torch.equal(ok, torch.zeros(2, 2))
+
+
+# -- Adafactor -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("kwargs", CASES, ids=[f"c{i}" for i in range(len(CASES))])
 def test_parity_with_torch(kwargs, dtype):
-    ref, mine, ref_p, my_p = run_pair(kwargs, dtype)
+    ref, mine, ref_p, my_p = run_pair("Adafactor", kwargs, dtype, SHAPES, GROUP2)
     assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[dtype])
     for p in my_p:  # the layout torch uses: factored only from two dimensions on
         keys = {"step", "row_var", "col_var"} if p.dim() > 1 else {"step", "variance"}
@@ -55,7 +110,7 @@ def test_parity_with_torch(kwargs, dtype):
 
 
 def test_state_shapes_and_dtypes():
-    _, mine, _, my_p = run_pair({}, torch.float32, steps=1)
+    _, mine, _, my_p = run_pair("Adafactor", {}, torch.float32, SHAPES, GROUP2, steps=1)
     state = mine.state[my_p[3]]  # shape (2, 3, 4)
     assert state["row_var"].shape == (2, 3, 1) and state["col_var"].shape == (2, 1, 4)
     assert state["step"].dtype == torch.float32 and state["step"].device.type == "cpu"
@@ -82,39 +137,15 @@ def test_eps1_none_takes_the_first_parameters_dtype_for_the_group():
     assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[torch.float64])
 
 
-def _through_disk(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("first,second", [("torch", "torchstep"), ("torchstep", "torch")], ids=["torch->ts", "ts->torch"])
 def test_state_dict_interchange(first, second, dtype):
-    """Train 12 steps, move the state to the other library, 12 more: same as never stopping."""
-    kwargs = dict(weight_decay=0.05, maximize=True)
-    oracle_p = make_params(dtype, shapes=SHAPES)
-    a_p = twin(oracle_p)
-    oracle = build("Adafactor", groups_for(oracle_p, GROUP2), kwargs, first)
-    a = build("Adafactor", groups_for(a_p, GROUP2), kwargs, first)
-    for step in range(12):
-        set_grads(step, list(zip(oracle_p, a_p)))
-        oracle.step()
-        a.step()
-    b_p = twin(a_p)
-    b = build("Adafactor", groups_for(b_p, GROUP2), kwargs, second)
-    b.load_state_dict(_through_disk(a.state_dict()))
-    for step in range(12, 24):
-        set_grads(step, list(zip(oracle_p, b_p)))
-        oracle.step()
-        b.step()
-    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOL[dtype])
+    interchange("Adafactor", dict(weight_decay=0.05, maximize=True), dtype, SHAPES, GROUP2, first, second)
 
 
 def test_old_checkpoint_with_number_step_loads():
-    ref, mine, ref_p, my_p = run_pair({}, torch.float64, steps=3)
-    sd = _through_disk(ref.state_dict())  # a copy: torch's state_dict shares its state dicts
+    ref, mine, ref_p, my_p = run_pair("Adafactor", {}, torch.float64, SHAPES, GROUP2, steps=3)
+    sd = through_disk(ref.state_dict())  # a copy: torch's state_dict shares its state dicts
     for st in sd["state"].values():
         st["step"] = float(st["step"])
     mine.load_state_dict(sd)
@@ -127,10 +158,7 @@ def test_old_checkpoint_with_number_step_loads():
 
 
 def test_signature_matches_torch():
-    ours, theirs = inspect.signature(ts_optim.Adafactor), inspect.signature(torch.optim.Adafactor)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
+    assert_signature_matches("Adafactor")
 
 
 @pytest.mark.parametrize(
@@ -166,16 +194,4 @@ def test_eps_of_wrong_length():
 
 @pytest.mark.parametrize("kind", ["complex", "sparse"])
 def test_unsupported_tensors_rejected_at_step(kind):
-    for lib, pattern in [(torch.optim, None), (ts_optim, rf"Adafactor does not support {kind} \w+ \(")]:
-        if kind == "complex":
-            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
-            p.grad = torch.ones_like(p)
-        else:
-            p = torch.zeros(3, 2, requires_grad=True)
-            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
-        ok = torch.zeros(2, requires_grad=True)
-        ok.grad = torch.ones(2)
-        opt = lib.Adafactor([ok, p])
-        with pytest.raises(RuntimeError, match=pattern):
-            opt.step()
-        assert torch.equal(ok, torch.zeros(2))  # nothing was updated before the error
+    assert_unsupported_tensor_rejected("Adafactor", kind)

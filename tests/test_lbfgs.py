@@ -1,16 +1,14 @@
 """LBFGS against torch.optim.LBFGS 2.13: same parameters, losses, closure calls and state, with
 and without the strong-Wolfe line search; state_dict interchange; invalid arguments."""
 
-import inspect
-import io
-
 import pytest
 import torch
 
 import torchstep.optim as ts_optim
+from registry import TOLERANCE as TOL
+from test_adafactor import assert_signature_matches, through_disk
 from torchstep.algorithms.line_search import cubic_minimizer
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
 def rosenbrock(dtype):
@@ -157,13 +155,6 @@ def test_complex_and_sparse_gradients_match_torch():
     assert_same(dict(oa.state[za]), dict(ob.state[zb]), TOL[torch.float64])
 
 
-def _through_disk(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("kwargs", [dict(max_iter=3, history_size=4), dict(line_search_fn="strong_wolfe", max_iter=4)])
 @pytest.mark.parametrize("first,second", [(torch.optim, ts_optim), (ts_optim, torch.optim)], ids=["torch->ts", "ts->torch"])
 def test_state_dict_interchange(first, second, kwargs):
@@ -176,7 +167,7 @@ def test_state_dict_interchange(first, second, kwargs):
     with torch.no_grad():
         for p, q in zip(b.params, a.params):
             p.copy_(q)
-    b.opt.load_state_dict(_through_disk(a.opt.state_dict()))
+    b.opt.load_state_dict(through_disk(a.opt.state_dict()))
     assert_same(dict(a.opt.state[a.params[0]]), dict(b.opt.state[b.params[0]]), TOL[dtype])
     b.calls = oracle.calls
     for _ in range(3):
@@ -194,10 +185,7 @@ def test_cubic_minimizer_finds_the_minimum_of_a_cubic():
 
 
 def test_signature_matches_torch():
-    ours, theirs = inspect.signature(ts_optim.LBFGS), inspect.signature(torch.optim.LBFGS)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
+    assert_signature_matches("LBFGS")
 
 
 def _param():

@@ -1,18 +1,17 @@
 """Muon against torch.optim.Muon 2.13: parity over its options (two groups, float32 and float64,
 25 steps, params and momentum buffers), state_dict interchange both ways, errors."""
 
-import inspect
-import io
 import itertools
 
 import pytest
 import torch
 
 import torchstep.optim as ts_optim
-from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
+from registry import TOLERANCE as TOL
+from helpers import assert_same_trajectory
+from test_adafactor import assert_signature_matches, assert_unsupported_tensor_rejected, interchange, run_pair
 from torchstep.algorithms.newton_schulz import orthogonalize
 
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 SHAPES = [(4, 5), (6, 3), (1, 7), (5, 5)]  # wide, tall, a single row, square
 GROUP2 = dict(lr=0.05, nesterov=False, adjust_lr_fn="match_rms_adamw", ns_steps=3)
 
@@ -31,22 +30,10 @@ CASES = GRID + [
 ]
 
 
-def run_pair(kwargs, dtype, steps=25):
-    ref_p = make_params(dtype, shapes=SHAPES)
-    my_p = twin(ref_p)
-    ref = build("Muon", groups_for(ref_p, GROUP2), kwargs, "torch")
-    mine = build("Muon", groups_for(my_p, GROUP2), kwargs, "torchstep")
-    for step in range(steps):
-        set_grads(step, list(zip(ref_p, my_p)))
-        ref.step()
-        mine.step()
-    return ref, mine, ref_p, my_p
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("kwargs", CASES, ids=[f"c{i}" for i in range(len(CASES))])
 def test_parity_with_torch(kwargs, dtype):
-    ref, mine, ref_p, my_p = run_pair(kwargs, dtype)
+    ref, mine, ref_p, my_p = run_pair("Muon", kwargs, dtype, SHAPES, GROUP2)
     assert_same_trajectory(ref, mine, ref_p, my_p, **TOL[dtype])
     assert all(set(mine.state[p]) == {"momentum_buffer"} for p in my_p)
 
@@ -71,41 +58,14 @@ def test_bfloat16_momentum_buffer_is_not_normalized():
     assert torch.equal(opt.state[p]["momentum_buffer"], torch.full((3, 4), 2.0, dtype=torch.bfloat16))
 
 
-def _through_disk(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("first,second", [("torch", "torchstep"), ("torchstep", "torch")], ids=["torch->ts", "ts->torch"])
 def test_state_dict_interchange(first, second, dtype):
-    """Train 12 steps, move the state to the other library, 12 more: same as never stopping."""
-    kwargs = dict(lr=0.02, momentum=0.9, weight_decay=0.05)
-    oracle_p = make_params(dtype, shapes=SHAPES)
-    a_p = twin(oracle_p)
-    oracle = build("Muon", groups_for(oracle_p, GROUP2), kwargs, first)
-    a = build("Muon", groups_for(a_p, GROUP2), kwargs, first)
-    for step in range(12):
-        set_grads(step, list(zip(oracle_p, a_p)))
-        oracle.step()
-        a.step()
-    b_p = twin(a_p)
-    b = build("Muon", groups_for(b_p, GROUP2), kwargs, second)
-    b.load_state_dict(_through_disk(a.state_dict()))
-    for step in range(12, 24):
-        set_grads(step, list(zip(oracle_p, b_p)))
-        oracle.step()
-        b.step()
-    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOL[dtype])
+    interchange("Muon", dict(lr=0.02, momentum=0.9, weight_decay=0.05), dtype, SHAPES, GROUP2, first, second)
 
 
 def test_signature_matches_torch():
-    ours, theirs = inspect.signature(ts_optim.Muon), inspect.signature(torch.optim.Muon)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
+    assert_signature_matches("Muon")
 
 
 def _matrix():
@@ -172,16 +132,4 @@ def test_added_group_must_hold_matrices():
 
 @pytest.mark.parametrize("kind", ["complex", "sparse"])
 def test_unsupported_tensors_rejected_at_step(kind):
-    for lib, pattern in [(torch.optim, None), (ts_optim, rf"Muon does not support {kind} \w+ \(")]:
-        if kind == "complex":
-            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
-            p.grad = torch.ones_like(p)
-        else:
-            p = torch.zeros(3, 2, requires_grad=True)
-            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
-        ok = torch.zeros(2, 2, requires_grad=True)
-        ok.grad = torch.ones(2, 2)
-        opt = lib.Muon([ok, p])
-        with pytest.raises(RuntimeError, match=pattern):
-            opt.step()
-        assert torch.equal(ok, torch.zeros(2, 2))  # nothing was updated before the error
+    assert_unsupported_tensor_rejected("Muon", kind)

@@ -31,10 +31,11 @@ Then
 updated in the group (as in torch, that value then serves the whole group).
 
 Not element-wise (the factors are row/column means, the step uses whole-tensor RMS values), so
-the algorithm stands alone with its own ``step`` and a per-tensor stage,
-:func:`adafactor_update`. State: ``step``, and ``row_var`` (:math:`R`, shape with the last
-dimension 1) and ``col_var`` (:math:`C`, second-to-last dimension 1) for tensors with two or
-more dimensions, ``variance`` (:math:`\hat V`) otherwise. Dense, real tensors only.
+the algorithm is a per-tensor stage, :func:`adafactor_update`, run by
+:class:`~torchstep.algorithms.per_tensor.PerTensorOptimizer`.
+State: ``step``, and ``row_var`` (:math:`R`, shape with the last dimension 1) and ``col_var``
+(:math:`C`, second-to-last dimension 1) for tensors with two or more dimensions, ``variance``
+(:math:`\hat V`) otherwise. Dense, real tensors only.
 Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
 (ICML 2018); as in torch, ``lr`` caps :math:`\rho_t` and scales the decoupled weight decay, and
 :math:`\epsilon_1` is applied to the estimate rather than to the factors.
@@ -46,8 +47,8 @@ import torch
 
 from ..backends.reference import new_step_tensor
 from ..core import check
-from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
+from .per_tensor import PerTensorOptimizer
 
 
 def initial_state(p: torch.Tensor, g: torch.Tensor, group: dict) -> dict:
@@ -90,7 +91,7 @@ def adafactor_update(p, g, state, *, lr, beta2_decay, eps1, eps2, d, weight_deca
     p.add_(u, alpha=-alpha / max(1.0, rms(u, d)))
 
 
-class Adafactor(Optimizer):
+class Adafactor(PerTensorOptimizer):
     """Adafactor; see :mod:`torchstep.algorithms.adafactor`."""
 
     def __init__(
@@ -125,24 +126,14 @@ class Adafactor(Optimizer):
                 if st and not torch.is_tensor(st["step"]):
                     st["step"] = new_step_tensor(p, group, float(st["step"]))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Adafactor step over every parameter with a gradient; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            eps1, eps2 = group["eps"]
-            hyper = dict(lr=plain(group["lr"]), beta2_decay=group["beta2_decay"], eps2=eps2, d=group["d"], weight_decay=group["weight_decay"])
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:  # every check and every new state before any update, as torch
-                check.dense_real(p, "Adafactor")
-                if not self.state[p]:
-                    self.state[p] = initial_state(p, p.grad, group)
-            for p in params:
-                g = -p.grad if group["maximize"] else p.grad
-                if eps1 is None:
-                    eps1 = torch.finfo(p.dtype).eps
-                adafactor_update(p, g, self.state[p], eps1=eps1, **hyper)
-        return loss
+    def init_state(self, p: torch.Tensor, group: dict) -> dict:
+        return initial_state(p, p.grad, group)
+
+    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        eps1, eps2 = group["eps"]
+        hyper = dict(lr=plain(group["lr"]), beta2_decay=group["beta2_decay"], eps2=eps2, d=group["d"], weight_decay=group["weight_decay"])
+        for p in params:
+            g = -p.grad if group["maximize"] else p.grad
+            if eps1 is None:
+                eps1 = torch.finfo(p.dtype).eps
+            adafactor_update(p, g, self.state[p], eps1=eps1, **hyper)

@@ -20,7 +20,8 @@ pairs are kept, the oldest dropped first), then the two-loop recursion
 gives the direction :math:`d_k = r` (:math:`d_1 = -g_1`), and :math:`x_{k+1} = x_k + t_k d_k`.
 The step :math:`t_k` is ``lr`` (the very first one is :math:`\min(1, 1/\|g_1\|_1)\cdot` ``lr``),
 or, with ``line_search_fn="strong_wolfe"``, the result of the strong-Wolfe line search of
-:mod:`torchstep.algorithms.line_search` started there.
+:mod:`torchstep.algorithms.line_search` started there, with at most ``max_eval`` evaluations in
+all (its bracket tolerance stays 1e-9 whatever ``tolerance_change`` is, as in torch).
 
 Iterations stop when ``max_iter`` is reached, the closure has been evaluated ``max_eval`` times,
 :math:`\|g\|_\infty \le` ``tolerance_grad``, :math:`g^\top d > -` ``tolerance_change``,

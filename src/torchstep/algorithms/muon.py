@@ -17,7 +17,8 @@ the adjusted rate :math:`\gamma'` (``adjust_lr_fn``) is :math:`\gamma\sqrt{\max(
 ``"match_rms_adamw"`` (Liu et al.), which gives updates the RMS of AdamW's.
 
 Not element-wise: the momentum is, but the orthogonalization acts on the whole matrix, so the
-algorithm stands alone with its own ``step`` and a per-tensor stage, :func:`muon_update`.
+algorithm is a per-tensor stage, :func:`muon_update`, run by
+:class:`~torchstep.algorithms.per_tensor.PerTensorOptimizer`.
 State: ``momentum_buffer`` (:math:`B`). Dense, real 2-D parameters only; use e.g. AdamW for
 biases, embeddings and other parameters.
 References: Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
@@ -32,8 +33,8 @@ import math
 import torch
 
 from ..core import check
-from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
+from .per_tensor import PerTensorOptimizer
 from .newton_schulz import DEFAULT_COEFFICIENTS, DEFAULT_EPS, DEFAULT_STEPS, orthogonalize
 
 LR_ADJUSTMENTS = (None, "original", "match_rms_adamw")
@@ -66,7 +67,7 @@ def require_matrix(p: torch.Tensor) -> None:
         )
 
 
-class Muon(Optimizer):
+class Muon(PerTensorOptimizer):
     """Muon for 2-D parameters; see :mod:`torchstep.algorithms.muon`."""
 
     def __init__(
@@ -105,20 +106,10 @@ class Muon(Optimizer):
             self.param_groups.pop()
             raise
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Muon step over every parameter with a gradient; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:  # every check and every new buffer before any update, as torch
-                check.dense_real(p, "Muon")
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            hyper = {k: group[k] for k in ("weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")}
-            for p in params:
-                muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=plain(group["lr"]), **hyper)
-        return loss
+    def init_state(self, p: torch.Tensor, group: dict) -> dict:
+        return {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)}
+
+    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        hyper = {k: group[k] for k in ("weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")}
+        for p in params:
+            muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=plain(group["lr"]), **hyper)
