@@ -14,6 +14,7 @@ a kernel is compiled once per program and dtype and cached on disk (``$TORCHSTEP
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -48,7 +49,11 @@ def cache_dir() -> Path:
 
 def compiler() -> str | None:
     """The C compiler to use, or None when there is none."""
-    cc = os.environ.get("CC") or "cc"
+    return _which(os.environ.get("CC") or "cc")
+
+
+@functools.lru_cache(maxsize=8)
+def _which(cc: str) -> str | None:
     return shutil.which(cc)
 
 

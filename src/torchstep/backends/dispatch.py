@@ -20,15 +20,17 @@ from . import cpu_kernel, fused, reference
 from .trace import NotTraceable
 
 _untraceable: dict[str, str] = {}
-_BACKENDS = ("auto", "fused", "reference")
+_BACKENDS = ("auto", "fused", "reference", "triton")
 _forced: list[str] = [os.environ.get("TORCHSTEP_BACKEND", "auto")]
 
 
 @contextlib.contextmanager
 def use(backend: str) -> Iterator[None]:
     """Run steps inside the block on ``backend``: "auto" (fused where it can run), "fused"
-    (same, but a fallback raises instead of warning) or "reference". The environment variable
-    ``TORCHSTEP_BACKEND`` sets the default."""
+    (same, but a fallback raises instead of warning), "reference", or "triton" (the fused path
+    with Triton kernels even for CPU tensors, which needs ``TRITON_INTERPRET=1``: how the CUDA
+    kernels are tested without a GPU). The environment variable ``TORCHSTEP_BACKEND`` sets the
+    default."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     _forced.append(backend)
@@ -39,7 +41,7 @@ def use(backend: str) -> Iterator[None]:
 
 
 def _warn_once(opt: Any, reason: str) -> None:
-    if _forced[-1] == "fused":
+    if _forced[-1] in ("fused", "triton"):
         raise RuntimeError(f"{type(opt).__name__}: fused step unavailable ({reason})")
     seen = opt.__dict__.setdefault("_fused_warnings", set())
     if reason not in seen:
@@ -57,7 +59,7 @@ def _fused_off(opt: Any, group: dict) -> tuple[bool, str | None]:
         return False, "differentiable=True needs autograd to record the update"
     if opt.algorithm.name in _untraceable:
         return False, _untraceable[opt.algorithm.name]
-    if cpu_kernel.compiler() is None:
+    if _forced[-1] != "triton" and cpu_kernel.compiler() is None:
         return False, "no C compiler found (set $CC or install gcc/clang)"
     return True, None
 
@@ -76,7 +78,7 @@ def step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
     if use_fused:
         steps = opt.__dict__.setdefault("_fused_counters", {}).setdefault(id(group), fused.GroupCounters())
         try:
-            leftover = fused.step_group(opt, group, steps, grad_scale)
+            leftover = fused.step_group(opt, group, steps, grad_scale, force_triton=_forced[-1] == "triton")
         except NotTraceable as exc:
             _untraceable[opt.algorithm.name] = f"the update uses an operation the tracer does not model: {exc}"
             _warn_once(opt, _untraceable[opt.algorithm.name])
@@ -87,7 +89,7 @@ def step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
         if leftover is None:  # nothing was updated: the whole group goes the reference way
             leftover = [p for p in group["params"] if p.grad is not None]
         for p in leftover:
-            if p.grad is not None and not p.grad.is_sparse and not fused.can_fuse_device_dtype(p):
+            if p.grad is not None and not p.grad.is_sparse and not fused.can_fuse_device_dtype(p, _forced[-1] == "triton"):
                 _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
         _unscale(leftover, grad_scale)
         reference.step_group(opt, group, leftover)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ..core import wrappers
-from . import cpu_kernel, reference
+from . import cpu_kernel, reference, triton_kernel
 from .trace import NotTraceable, trace
 
 _programs: dict[tuple, Any] = {}
@@ -34,12 +34,49 @@ def _structure(value: Any) -> Any:
     return "#"
 
 
-def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: torch.dtype, unscale: bool):
-    """The compiled kernel (and its argument order) for this algorithm structure and dtype."""
+class CKernel:
+    """A compiled C/OpenMP kernel for CPU tensors."""
+
+    def __init__(self, program, dtype: torch.dtype) -> None:
+        self.lib = cpu_kernel.load(cpu_kernel.generate(program, dtype))
+
+    def run(self, columns: list[list[torch.Tensor]], args: torch.Tensor) -> None:
+        tables = [torch.tensor([t.data_ptr() for t in column], dtype=torch.int64) for column in columns]
+        table_of_tables = torch.tensor([t.data_ptr() for t in tables], dtype=torch.int64)
+        chunk_t, chunk_s, chunk_n = _chunks(tuple(t.numel() for t in columns[0]), cpu_kernel.CHUNK)
+        self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(),
+                      table_of_tables.data_ptr(), args.data_ptr(), torch.get_num_threads())
+
+
+class TritonKernel:
+    """A Triton kernel (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``)."""
+
+    def __init__(self, program, dtype: torch.dtype) -> None:
+        self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype))
+
+    def run(self, columns: list[list[torch.Tensor]], args: torch.Tensor) -> None:
+        chunks = _chunks(tuple(t.numel() for t in columns[0]), triton_kernel.BLOCK)
+        tables = [[t.data_ptr() for t in column] for column in columns]
+        triton_kernel.launch(self.kernel, tables, chunks, args, columns[0][0].device)
+
+
+def kernel_kind(p: torch.Tensor, force_triton: bool = False) -> str | None:
+    """Which kernel serves this parameter's device and dtype ("c", "triton"), or None."""
+    dtype = wrappers.as_real(p).dtype
+    if p.device.type == "cpu" and not force_triton:
+        return "c" if cpu_kernel.supported_dtype(dtype) else None
+    if (p.device.type == "cuda" or (p.device.type == "cpu" and triton_kernel.interpreting())) and triton_kernel.available():
+        return "triton" if triton_kernel.supported_dtype(dtype) else None
+    return None
+
+
+def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: torch.dtype, unscale: bool,
+            kind: str = "c"):
+    """The kernel (and its program) for this algorithm structure, dtype and kernel kind."""
     wd = wrappers.plain(group.get("weight_decay", 0))
     has_wd = isinstance(wd, torch.Tensor) or wd != 0
     flags = (bool(group.get("maximize", False)), has_wd, bool(group.get("decoupled_weight_decay", False)), unscale)
-    key = (algo.name, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
+    key = (kind, algo.name, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
     if key not in _programs:
         maximize, _, decoupled, _ = flags
 
@@ -55,19 +92,18 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
         if unscale:
             extra["__inv_scale"] = 1.0
         program = trace(fused_update, ["p", "g", *names], ["p", *names], {**scalars, **extra})
-        source = cpu_kernel.generate(program, dtype)
-        _programs[key] = (cpu_kernel.load(source), program)
+        _programs[key] = ((CKernel if kind == "c" else TritonKernel)(program, dtype), program)
     return _programs[key]
 
 
 @functools.lru_cache(maxsize=64)
-def _chunks(sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _chunks(sizes: tuple[int, ...], chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     tensor_idx, starts, lens = array.array("q"), array.array("q"), array.array("q")
     for t, n in enumerate(sizes):
-        for s in range(0, n, cpu_kernel.CHUNK):
+        for s in range(0, n, chunk):
             tensor_idx.append(t)
             starts.append(s)
-            lens.append(min(cpu_kernel.CHUNK, n - s))
+            lens.append(min(chunk, n - s))
     return (torch.frombuffer(tensor_idx, dtype=torch.int64), torch.frombuffer(starts, dtype=torch.int64),
             torch.frombuffer(lens, dtype=torch.int64))
 
@@ -119,15 +155,15 @@ class GroupCounters:
         self.buffers[name].index_fill_(0, idx, source)
 
 
-def can_fuse_device_dtype(p: torch.Tensor) -> bool:
+def can_fuse_device_dtype(p: torch.Tensor, force_triton: bool = False) -> bool:
     """Whether a kernel exists for this parameter's device and dtype."""
-    return p.device.type == "cpu" and cpu_kernel.supported_dtype(wrappers.as_real(p).dtype)
+    return kernel_kind(p, force_triton) is not None
 
 
-def can_fuse(p: torch.Tensor, g: torch.Tensor) -> bool:
+def can_fuse(p: torch.Tensor, g: torch.Tensor, force_triton: bool = False) -> bool:
     return (
         not g.is_sparse
-        and can_fuse_device_dtype(p)
+        and can_fuse_device_dtype(p, force_triton)
         and g.device == p.device
         and g.dtype == p.dtype
         and p.is_contiguous()
@@ -135,7 +171,8 @@ def can_fuse(p: torch.Tensor, g: torch.Tensor) -> bool:
     )
 
 
-def step_group(opt: Any, group: dict, counters: GroupCounters, grad_scale=None) -> list[torch.Tensor]:
+def step_group(opt: Any, group: dict, counters: GroupCounters, grad_scale=None,
+               force_triton: bool = False) -> list[torch.Tensor]:
     """Fused step of ``group``; returns the parameters left for the reference backend."""
     algo = opt.algorithm
     all_names = algo.state_names(group)
@@ -145,7 +182,7 @@ def step_group(opt: Any, group: dict, counters: GroupCounters, grad_scale=None) 
         g = p.grad
         if g is None:
             continue
-        if not can_fuse(p, g):
+        if not can_fuse(p, g, force_triton):
             leftover.append(p)
             continue
         state = opt.state[p]
@@ -175,16 +212,13 @@ def step_group(opt: Any, group: dict, counters: GroupCounters, grad_scale=None) 
                 positions = idx[members]
                 for n in algo.scalar_state:
                     counters.broadcast(n, positions, lead[n])
-        lib, program = _kernel(algo, names, group, scalars, wrappers.as_real(fused[members[0]]).dtype, inv_scale is not None)
+        lead_p = fused[members[0]]
+        runner, program = _kernel(algo, names, group, scalars, wrappers.as_real(lead_p).dtype, inv_scale is not None,
+                                  kernel_kind(lead_p, force_triton))
         values = {**scalars, "__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
         uniform = cpu_kernel.evaluate_uniform(program, [wrappers.plain(values[k]) for k in program.scalars])
-        args = torch.tensor(uniform, dtype=torch.float64)
-        tensors = [[wrappers.as_real(fused[i]) for i in members], [wrappers.as_real(fused[i].grad) for i in members]]
-        tensors += [[wrappers.as_real(states[i][n]) for i in members] for n in names]
-        tables = [torch.tensor([t.data_ptr() for t in column], dtype=torch.int64) for column in tensors]
-        table_of_tables = torch.tensor([t.data_ptr() for t in tables], dtype=torch.int64)
-        chunk_t, chunk_s, chunk_n = _chunks(tuple(t.numel() for t in tensors[0]))
-        lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(), table_of_tables.data_ptr(),
-                 args.data_ptr(), torch.get_num_threads())
+        columns = [[wrappers.as_real(fused[i]) for i in members], [wrappers.as_real(fused[i].grad) for i in members]]
+        columns += [[wrappers.as_real(states[i][n]) for i in members] for n in names]
+        runner.run(columns, torch.tensor(uniform, dtype=torch.float64))
     return leftover
 

@@ -1,0 +1,126 @@
+"""Generate and launch a Triton kernel for a traced element-wise :class:`Program` (CUDA).
+
+The same program the C backend compiles for CPUs becomes one Triton kernel: one program
+instance per chunk of at most ``BLOCK`` elements of one tensor, so a whole bucket -- one large
+tensor or thousands of small ones -- is a single launch. Operands arrive as tables of data
+pointers (as in the C kernel); scalars as a float64 vector of the program's uniform values.
+Division and square root use the correctly rounded forms (``div_rn``, ``sqrt_rn``) to agree
+with torch's element-wise kernels.
+
+With ``TRITON_INTERPRET=1`` Triton runs the very same kernel on CPU tensors; the tests use that
+to exercise this path on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import linecache
+import os
+from typing import Any
+
+import torch
+
+from .cpu_kernel import uniform_nodes
+from .trace import NotTraceable, Program
+
+BLOCK = 2048
+_TL_TYPES = {torch.float32: "tl.float32", torch.float64: "tl.float64"}
+
+
+def available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def supported_dtype(dtype: torch.dtype) -> bool:
+    return dtype in _TL_TYPES
+
+
+def _expr(node: tuple, ref, tl_type: str) -> str:
+    op, *a = node
+    if op in ("add", "sub", "mul"):
+        return f"({ref(a[0])} {dict(add='+', sub='-', mul='*')[op]} {ref(a[1])})"
+    if op == "div":  # fp64 division is IEEE already; fp32 '/' would be the approximate form
+        if tl_type == "tl.float64":
+            return f"({ref(a[0])} / {ref(a[1])})"
+        return f"tl.div_rn({ref(a[0])}, {ref(a[1])})"
+    if op == "neg":
+        return f"(-{ref(a[0])})"
+    if op == "sqrt":
+        return f"tl.sqrt({ref(a[0])})" if tl_type == "tl.float64" else f"tl.sqrt_rn({ref(a[0])})"
+    if op == "abs":
+        return f"tl.abs({ref(a[0])})"
+    if op == "sign":
+        x = ref(a[0])
+        return f"(tl.where({x} > 0, 1.0, 0.0) - tl.where({x} < 0, 1.0, 0.0)).to({tl_type})"
+    if op in ("max", "min"):
+        fn = "tl.maximum" if op == "max" else "tl.minimum"
+        return f"{fn}({ref(a[0])}, {ref(a[1])}, propagate_nan=tl.PropagateNan.ALL)"
+    if op in ("gt", "lt", "eq"):
+        cmp = {"gt": ">", "lt": "<", "eq": "=="}[op]
+        return f"tl.where({ref(a[0])} {cmp} {ref(a[1])}, 1.0, 0.0).to({tl_type})"
+    if op == "where":
+        return f"tl.where({ref(a[0])} != 0, {ref(a[1])}, {ref(a[2])})"
+    if op == "lerp":
+        s, e, w = ref(a[0]), ref(a[1]), ref(a[2])
+        return f"tl.where(tl.abs({w}) < 0.5, {s} + {w} * ({e} - {s}), {e} - ({e} - {s}) * (1.0 - {w}))"
+    raise NotTraceable(f"no Triton form for node {op}")
+
+
+def generate(program: Program, dtype: torch.dtype) -> str:
+    """Python source of a ``@triton.jit`` function ``step`` for ``program`` on ``dtype`` tensors."""
+    tl_type = _TL_TYPES[dtype]
+    slots = {node: k for k, node in enumerate(uniform_nodes(program))}
+    lines = [
+        "import triton",
+        "import triton.language as tl",
+        "",
+        "@triton.jit",
+        "def step(chunk_tensor, chunk_start, chunk_len, ptrs, args, NT, BLOCK: tl.constexpr):",
+        "    c = tl.program_id(0)",
+        "    t = tl.load(chunk_tensor + c)",
+        "    start = tl.load(chunk_start + c)",
+        "    offs = tl.arange(0, BLOCK)",
+        "    mask = offs < tl.load(chunk_len + c)",
+    ]
+    for k in range(len(program.inputs)):
+        lines.append(f"    x{k} = tl.load(ptrs + {k} * NT + t).to(tl.pointer_type({tl_type})) + start + offs")
+    for i, k in slots.items():
+        lines.append(f"    c{i} = tl.load(args + {k}).to({tl_type})")
+    for i, node in enumerate(program.nodes):
+        if i in slots:
+            continue
+        if node[0] == "in":
+            lines.append(f"    v{i} = tl.load(x{node[1]}, mask=mask)")
+        else:
+            lines.append(f"    v{i} = {_expr(node, lambda j: f'c{j}' if j in slots else f'v{j}', tl_type)}")
+    for name, j in program.outputs.items():
+        value = f"c{j}" if j in slots else f"v{j}"
+        lines.append(f"    tl.store(x{program.inputs.index(name)}, {value}, mask=mask)")
+    return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=None)
+def load(source: str) -> Any:
+    """The ``step`` kernel defined by ``source`` (Triton reads a kernel's source, so the module
+    is registered with linecache under a stable name)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    filename = f"<torchstep-triton-{digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": f"torchstep_triton_{digest}"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace["step"]
+
+
+def launch(kernel: Any, tables: list[list[int]], chunks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+           args: torch.Tensor, device: torch.device) -> None:
+    """One launch over every chunk of every tensor of the bucket."""
+    ntensors = len(tables[0])
+    ptrs = torch.tensor([ptr for column in tables for ptr in column], dtype=torch.int64).to(device, non_blocking=True)
+    chunk_t, chunk_s, chunk_n = (c.to(device, non_blocking=True) for c in chunks)
+    kernel[(len(chunks[0]),)](chunk_t, chunk_s, chunk_n, ptrs, args.to(device, non_blocking=True), ntensors, BLOCK=BLOCK)

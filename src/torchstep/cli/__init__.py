@@ -1,0 +1,36 @@
+"""The ``torchstep`` command. Subcommands live in their own modules and register here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench as _bench
+
+SUBCOMMANDS = {"bench": _bench}
+
+
+class UserError(Exception):
+    """A mistake in the command line: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchstep", description="torch.optim, re-implemented: tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command].run(args) or 0
+    except UserError as exc:
+        print(f"torchstep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

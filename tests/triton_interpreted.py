@@ -1,0 +1,44 @@
+"""Run the Triton (CUDA) kernel path on CPU tensors under Triton's interpreter and compare it
+with the reference backend. Executed in a subprocess by test_triton_path.py, because
+TRITON_INTERPRET must be set before triton is imported. Prints one JSON line per case."""
+
+import json
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, os.path.dirname(__file__))
+
+import torch  # noqa: E402
+
+import torchstep.optim as ts_optim  # noqa: E402
+from registry import REPRESENTATIVE  # noqa: E402
+from torchstep.backends import use  # noqa: E402
+
+EXTRA = [("Adam", dict(lr=1e-2, maximize=True, weight_decay=0.1, decoupled_weight_decay=True)),
+         ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.1)), ("RMSprop", dict(lr=1e-2))]
+
+
+def run(backend, algo, kwargs, dtype):
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in [(), (5,), (3, 700)]]
+    opt = getattr(ts_optim, algo)(params, **kwargs)
+    with use(backend):
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=dtype)
+            opt.step()
+    return params, opt
+
+
+for algo, kwargs in list(REPRESENTATIVE.items()) + EXTRA:
+    for dtype in (torch.float32, torch.float64):
+        a, oa = run("triton", algo, kwargs, dtype)
+        b, ob = run("reference", algo, kwargs, dtype)
+        diff = max((x - y).abs().max().item() for x, y in zip(a, b))
+        state_diff = max(
+            (oa.state[x][k] - ob.state[y][k]).abs().max().item()
+            for x, y in zip(a, b) for k in ob.state[y] if isinstance(ob.state[y][k], torch.Tensor)
+        )
+        print(json.dumps({"algo": algo, "kwargs": repr(kwargs), "dtype": str(dtype), "param_diff": diff,
+                          "state_diff": state_diff}), flush=True)
