@@ -30,3 +30,15 @@ def test_every_algorithm_matches_reference_through_triton(interpreted_results):
     for r in interpreted_results:
         tol = 1e-5 if "float32" in r["dtype"] else 1e-12
         assert r["param_diff"] <= tol and r["state_diff"] <= tol, r
+
+
+def test_cuda_benchmark_script_runs_interpreted(tmp_path):
+    out = tmp_path / "cuda.json"
+    script = os.path.join(HERE, "..", "benchmarks", "cuda_step.py")
+    result = subprocess.run([sys.executable, script, "--device", "cpu", "--interpret", "--layouts", "2x3k",
+                             "--repeat", "1", "--algorithms", "adam,rprop,asgd", "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["algorithm"] for r in rows] == ["adam", "rprop", "asgd"]
+    assert all(r["torchstep"]["ms"] > 0 for r in rows)
