@@ -187,6 +187,17 @@ ERRORS += [
 
 # -- Adamax, NAdam, RAdam, ASGD, Rprop ------------------------------------------------------------
 
+# the weight-decay / maximize combinations the five cross with their own options (both wrappers
+# act before the update, so each alone and both together cover the order they are applied in)
+_WD_MAX = [dict(), dict(weight_decay=0.1), dict(maximize=True), dict(weight_decay=0.1, maximize=True)]
+_WD_DECOUPLED = _WD_MAX + [dict(weight_decay=0.1, decoupled_weight_decay=True),
+                           dict(weight_decay=0.1, decoupled_weight_decay=True, maximize=True)]
+
+
+def _crossed(algo: str, group2: dict, wrappers: list[dict], **axes: list) -> list[Case]:
+    return [Case(c.algo, {**c.kwargs, **w}, c.group2) for c in _grid(algo, group2, **axes) for w in wrappers]
+
+
 def _adamax() -> list[Case]:
     base = _grid("Adamax", dict(lr=5e-3, betas=(0.8, 0.99)), lr=[1e-2], weight_decay=[0.0, 0.1], maximize=[False, True])
     extra = [Case("Adamax", dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-3)), Case("Adamax", dict(lr=torch.tensor(1e-2)))]
@@ -194,12 +205,9 @@ def _adamax() -> list[Case]:
 
 
 def _nadam() -> list[Case]:
-    base = _grid(
-        "NAdam", dict(lr=5e-3, betas=(0.8, 0.99), momentum_decay=0.05),
-        lr=[1e-2], weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], momentum_decay=[4e-3, 0.2],
-        maximize=[False, True],
-    )
-    base = [c for c in base if c.kwargs["weight_decay"] or not c.kwargs["decoupled_weight_decay"]]
+    base = _crossed("NAdam", dict(lr=5e-3, betas=(0.8, 0.99), momentum_decay=0.05), _WD_DECOUPLED[1:],
+                    lr=[1e-2], momentum_decay=[4e-3, 0.2])
+    base.append(Case("NAdam", dict(lr=1e-2)))
     extra = [
         Case("NAdam", dict(lr=1e-2, betas=(0.5, 0.9), eps=1e-3, momentum_decay=0.0)),
         Case("NAdam", dict(lr=torch.tensor(1e-2), weight_decay=0.1, decoupled_weight_decay=True)),
@@ -211,13 +219,10 @@ def _nadam() -> list[Case]:
 
 
 def _radam() -> list[Case]:
-    # beta2=0.9 rectifies from step 6 on, 0.999 from step 6 with a tiny correction, 0.5 never
-    base = _grid(
-        "RAdam", dict(lr=5e-3, betas=(0.8, 0.99)),
-        lr=[1e-2], betas=[(0.9, 0.9), (0.9, 0.999)], weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True],
-        maximize=[False, True],
-    )
-    base = [c for c in base if c.kwargs["weight_decay"] or not c.kwargs["decoupled_weight_decay"]]
+    # beta2 = 0.9, 0.99 and 0.999 rectify from step 6 on (rho_t > 5), 0.5 never (rho_inf = 3)
+    base = _crossed("RAdam", dict(lr=5e-3, betas=(0.8, 0.99)), _WD_DECOUPLED[1:],
+                    lr=[1e-2], betas=[(0.9, 0.9), (0.9, 0.999)])
+    base.append(Case("RAdam", dict(lr=1e-2)))
     extra = [
         Case("RAdam", dict(lr=1e-2, betas=(0.5, 0.5), eps=1e-3)),
         Case("RAdam", dict(lr=torch.tensor(1e-2), betas=(0.9, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
@@ -230,10 +235,9 @@ def _radam() -> list[Case]:
 
 def _asgd() -> list[Case]:
     # t0=5 starts the averaging inside 25 steps (mu = 1, then 1/2, 1/3, ...); t0=5.5 gives mu in (0.5, 1)
-    base = _grid(
-        "ASGD", dict(lr=5e-3, t0=3.0),
-        lr=[1e-2], lambd=[1e-4, 0.5], t0=[1e6, 5.0], weight_decay=[0.0, 0.1], maximize=[False, True],
-    )
+    wrappers = [dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, maximize=True)]
+    base = _crossed("ASGD", dict(lr=5e-3, t0=3.0), wrappers, lr=[1e-2], lambd=[1e-4, 0.5], t0=[1e6, 5.0])
+    base.append(Case("ASGD", dict(lr=1e-2, maximize=True)))
     extra = [
         Case("ASGD", dict(lr=0.05, t0=5.5, lambd=0.1, alpha=1.0)),
         Case("ASGD", dict(lr=0.05, t0=1.0, lambd=0.05, alpha=0.5)),

@@ -14,6 +14,15 @@ from test_differentiable import _inputs, _run
 SCALAR_STATE = {"NAdam": ("mu_product",), "ASGD": ("eta", "mu")}
 
 
+def _steps(t, s, t_p, s_p, steps, before_step=lambda step: None):
+    """Run torch's ``t`` and torchstep's ``s`` side by side on the same gradients."""
+    for step in steps:
+        before_step(step)
+        set_grads(step, list(zip(t_p, s_p)))
+        t.step()
+        s.step()
+
+
 def _reload(sd):
     buf = io.BytesIO()
     torch.save(sd, buf)
@@ -39,10 +48,7 @@ def test_float64_reload_matches_torchs_own_reload(algo, source):
     s.load_state_dict(_reload(sd))
     for name in SCALAR_STATE[algo]:
         assert s.state[s_p[0]][name].dtype == t.state[t_p[0]][name].dtype == torch.float64
-    for step in range(8, 20):
-        set_grads(step, list(zip(t_p, s_p)))
-        t.step()
-        s.step()
+    _steps(t, s, t_p, s_p, range(8, 20))
     assert_same_trajectory(t, s, t_p, s_p, **TOLERANCE[torch.float64])
 
 
@@ -50,20 +56,17 @@ def test_float64_reload_matches_torchs_own_reload(algo, source):
 def test_hyperparameter_change_mid_training(algo):
     """The 0-d state carries history: ASGD's eta lags an lr change by one step, NAdam's
     mu_product keeps the product of the old momentum schedule."""
-    ref, mine = make_params(torch.float64), None
+    ref = make_params(torch.float64)
     mine = twin(ref)
     t, s = build(algo, ref, REPRESENTATIVE[algo], "torch"), build(algo, mine, REPRESENTATIVE[algo], "torchstep")
-    for step in range(16):
-        if step == 6:
-            for opt in (t, s):
-                for group in opt.param_groups:
-                    group["lr"] *= 0.3
-                    if algo == "NAdam":
-                        group["betas"] = (0.8, 0.99)
-                        group["momentum_decay"] = 0.02
-        set_grads(step, list(zip(ref, mine)))
-        t.step()
-        s.step()
+
+    def change_at_6(step):
+        for group in (t.param_groups + s.param_groups) if step == 6 else []:
+            group["lr"] *= 0.3
+            if algo == "NAdam":
+                group["betas"], group["momentum_decay"] = (0.8, 0.99), 0.02
+
+    _steps(t, s, ref, mine, range(16), change_at_6)
     assert_same_trajectory(t, s, ref, mine, **TOLERANCE[torch.float64])
 
 
@@ -85,10 +88,7 @@ def test_old_checkpoint_with_python_numbers(algo):
     for name in SCALAR_STATE[algo]:
         a, b = t.state[t_p[0]][name], s.state[s_p[0]][name]
         assert torch.is_tensor(b) and (a.dtype, a.device, a.item()) == (b.dtype, b.device, b.item())
-    for step in range(3):
-        set_grads(step, list(zip(t_p, s_p)))
-        t.step()
-        s.step()
+    _steps(t, s, t_p, s_p, range(3))
     assert_same_trajectory(t, s, t_p, s_p, **TOLERANCE[torch.float32])
 
 

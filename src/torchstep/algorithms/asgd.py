@@ -29,11 +29,11 @@ from typing import Any
 import torch
 
 from ..backends.reference import upgrade_scalar_state
+from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
 from ._common import lr_checks
-from ..core import check
 
 
 def state_names(group: dict) -> tuple[str, ...]:
