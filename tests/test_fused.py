@@ -206,9 +206,9 @@ def test_many_small_tensors_one_kernel_call(monkeypatch):
         runner, program = original(*args, **kwargs)
 
         class Spy:
-            def run(self, columns, scalars):
-                calls.append(len(columns[0]))
-                runner.run(columns, scalars)
+            def run(self, tables, sizes, scalars, device=None):
+                calls.append(len(sizes))
+                runner.run(tables, sizes, scalars, device)
 
         return Spy(), program
 

@@ -76,7 +76,7 @@ def step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
     """Run one step of ``opt.algorithm`` over ``group`` on the best available backend."""
     use_fused, reason = _fused_off(opt, group)
     if use_fused:
-        steps = opt.__dict__.setdefault("_fused_counters", {}).setdefault(id(group), fused.GroupCounters())
+        steps = opt.__dict__.setdefault("_fused_plans", {}).setdefault(id(group), {})
         try:
             leftover = fused.step_group(opt, group, steps, grad_scale, force_triton=_forced[-1] == "triton")
         except NotTraceable as exc:

@@ -22,6 +22,7 @@ import torch
 
 from ..core import wrappers
 from . import cpu_kernel, reference, triton_kernel
+from .plan import Bucket, Plan, grad_table, pointer_table
 from .trace import NotTraceable, trace
 
 _programs: dict[tuple, Any] = {}
@@ -40,10 +41,10 @@ class CKernel:
     def __init__(self, program, dtype: torch.dtype) -> None:
         self.lib = cpu_kernel.load(cpu_kernel.generate(program, dtype))
 
-    def run(self, columns: list[list[torch.Tensor]], args: torch.Tensor) -> None:
-        tables = [torch.tensor([t.data_ptr() for t in column], dtype=torch.int64) for column in columns]
+    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: torch.Tensor, device=None) -> None:
+        """``tables[k]``: int64 data pointers of operand k (p, g, state...) for every tensor."""
         table_of_tables = torch.tensor([t.data_ptr() for t in tables], dtype=torch.int64)
-        chunk_t, chunk_s, chunk_n = _chunks(tuple(t.numel() for t in columns[0]), cpu_kernel.CHUNK)
+        chunk_t, chunk_s, chunk_n = _chunks(sizes, cpu_kernel.CHUNK)
         self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(),
                       table_of_tables.data_ptr(), args.data_ptr(), torch.get_num_threads())
 
@@ -51,13 +52,12 @@ class CKernel:
 class TritonKernel:
     """A Triton kernel (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``)."""
 
-    def __init__(self, program, dtype: torch.dtype) -> None:
+    def __init__(self, program, dtype: torch.dtype, device: torch.device | None = None) -> None:
         self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype))
 
-    def run(self, columns: list[list[torch.Tensor]], args: torch.Tensor) -> None:
-        chunks = _chunks(tuple(t.numel() for t in columns[0]), triton_kernel.BLOCK)
-        tables = [[t.data_ptr() for t in column] for column in columns]
-        triton_kernel.launch(self.kernel, tables, chunks, args, columns[0][0].device)
+    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: torch.Tensor, device=None) -> None:
+        chunks = _chunks(sizes, triton_kernel.BLOCK)
+        triton_kernel.launch(self.kernel, torch.cat(tables), len(sizes), chunks, args, device)
 
 
 def kernel_kind(p: torch.Tensor, force_triton: bool = False) -> str | None:
@@ -108,53 +108,6 @@ def _chunks(sizes: tuple[int, ...], chunk: int) -> tuple[torch.Tensor, torch.Ten
             torch.frombuffer(lens, dtype=torch.int64))
 
 
-class GroupCounters:
-    """A group's per-parameter 0-d state (``step``, and e.g. NAdam's ``mu_product``), each name
-    kept as views into one buffer, so bumping or refreshing all of them is one operation while
-    every ``state[name]`` stays a 0-d tensor of its own, as torch lays it out."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.index: dict[int, int] = {}
-
-    def _valid(self, names: tuple[str, ...], params: list, states: list) -> bool:
-        for n in names:
-            buf = self.buffers.get(n)
-            if buf is None:
-                return False
-            base, size = buf.data_ptr(), buf.element_size()
-            for p, s in zip(params, states):
-                i = self.index.get(id(p))
-                if i is None or s[n].data_ptr() != base + i * size:
-                    return False
-        return True
-
-    def attach(self, names: tuple[str, ...], params: list, states: list) -> torch.Tensor:
-        """Make sure every listed state counter is a view into this object's buffers (rebuilding
-        them from the current values if not); returns the parameters' indices."""
-        if not self._valid(names, params, states):
-            self.buffers, self.index = {}, {id(p): i for i, p in enumerate(params)}
-            for n in names:
-                template = states[0][n]
-                buf = torch.tensor([float(s[n].item()) for s in states], dtype=template.dtype, device=template.device)
-                for i, s in enumerate(states):
-                    s[n] = buf[i]
-                self.buffers[n] = buf
-        return torch.tensor([self.index[id(p)] for p in params], dtype=torch.int64)
-
-    def bump(self, name: str, idx: torch.Tensor) -> list[float]:
-        buf = self.buffers[name]
-        buf.index_add_(0, idx, torch.ones(len(idx), dtype=buf.dtype, device=buf.device))
-        return buf[idx].tolist()
-
-    def values(self, name: str, idx: torch.Tensor) -> list[float]:
-        return self.buffers[name][idx].tolist()
-
-    def broadcast(self, name: str, idx: torch.Tensor, source: torch.Tensor) -> None:
-        """Copy one parameter's (just advanced) value to the others of its bucket."""
-        self.buffers[name].index_fill_(0, idx, source)
-
-
 def can_fuse_device_dtype(p: torch.Tensor, force_triton: bool = False) -> bool:
     """Whether a kernel exists for this parameter's device and dtype."""
     return kernel_kind(p, force_triton) is not None
@@ -171,17 +124,13 @@ def can_fuse(p: torch.Tensor, g: torch.Tensor, force_triton: bool = False) -> bo
     )
 
 
-def step_group(opt: Any, group: dict, counters: GroupCounters, grad_scale=None,
-               force_triton: bool = False) -> list[torch.Tensor]:
-    """Fused step of ``group``; returns the parameters left for the reference backend."""
+def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, all_names: tuple, force_triton: bool) -> Plan:
+    """The slow path: sort parameters into fused / reference, create state, attach counters,
+    group by dtype and kernel kind, and build the pointer tables that do not change."""
     algo = opt.algorithm
-    all_names = algo.state_names(group)
-    names = algo.elementwise_names(group)
-    fused, leftover, states, firsts = [], [], [], []
-    for p in group["params"]:
+    params, leftover, states, firsts = [], [], [], []
+    for p in with_grad:
         g = p.grad
-        if g is None:
-            continue
         if not can_fuse(p, g, force_triton):
             leftover.append(p)
             continue
@@ -190,35 +139,77 @@ def step_group(opt: Any, group: dict, counters: GroupCounters, grad_scale=None,
         if not all(state[n].is_contiguous() and state[n].dtype == p.dtype and state[n].device == p.device for n in names):
             leftover.append(p)
             continue
-        fused.append(p)
+        params.append(p)
         states.append(state)
         firsts.append(first)
-    if not fused:
-        return leftover
     counted = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
-    idx = counters.attach(counted, fused, states) if counted else None
-    step_values = counters.bump("step", idx) if algo.counts_steps else [None] * len(fused)
-    held = list(zip(*(counters.values(n, idx) for n in algo.scalar_state))) or [()] * len(fused)
-    buckets: dict[tuple, list[int]] = {}
-    for i, p in enumerate(fused):
-        buckets.setdefault((p.dtype, step_values[i], firsts[i], held[i]), []).append(i)
-    inv_scale = None if grad_scale is None else 1.0 / float(grad_scale.item())
-    for (dtype, step, first, _), members in buckets.items():
-        scalars = algo.scalars(group, step, first)
-        if algo.advance is not None:
-            lead = states[members[0]]
-            scalars = {**scalars, **algo.advance(scalars, **{n: lead[n] for n in algo.scalar_state})}
-            if len(members) > 1:
-                positions = idx[members]
-                for n in algo.scalar_state:
-                    counters.broadcast(n, positions, lead[n])
-        lead_p = fused[members[0]]
-        runner, program = _kernel(algo, names, group, scalars, wrappers.as_real(lead_p).dtype, inv_scale is not None,
-                                  kernel_kind(lead_p, force_triton))
-        values = {**scalars, "__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
-        uniform = cpu_kernel.evaluate_uniform(program, [wrappers.plain(values[k]) for k in program.scalars])
-        columns = [[wrappers.as_real(fused[i]) for i in members], [wrappers.as_real(fused[i].grad) for i in members]]
-        columns += [[wrappers.as_real(states[i][n]) for i in members] for n in names]
-        runner.run(columns, torch.tensor(uniform, dtype=torch.float64))
-    return leftover
+    plan = Plan(with_grad, params, leftover, states, [], [p.data_ptr() for p in params], firsts=firsts)
+    if params and counted:
+        plan.idx = plan.counters.attach(counted, params, states)
+    plan.tensors = [tuple(s[n] for n in (*names, *counted)) for s in states]
+    by_kind: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        by_kind.setdefault((kernel_kind(p, force_triton), wrappers.as_real(p).dtype), []).append(i)
+    for (kind, dtype), members in by_kind.items():
+        tables = [pointer_table([wrappers.as_real(params[i]) for i in members])]
+        tables += [pointer_table([wrappers.as_real(states[i][n]) for i in members]) for n in names]
+        sizes = tuple(wrappers.as_real(params[i]).numel() for i in members)
+        plan.buckets.append(Bucket(kind, dtype, members, sizes, torch.tensor(members, dtype=torch.int64), tables))
+    return plan
 
+
+def step_group(opt: Any, group: dict, cache: dict, grad_scale=None, force_triton: bool = False) -> list[torch.Tensor]:
+    """Fused step of ``group``; returns the parameters left for the reference backend.
+    ``cache`` keeps this group's :class:`Plan` between steps."""
+    algo = opt.algorithm
+    names = algo.elementwise_names(group)
+    counted_names = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
+    with_grad = [p for p in group["params"] if p.grad is not None]
+    plan = cache.get("plan")
+    grads = plan.still_valid(with_grad, (*names, *counted_names)) if plan is not None else None
+    if grads is None:
+        plan = _build_plan(opt, group, with_grad, names, algo.state_names(group), force_triton)
+        cache["plan"] = plan
+        grads = [p.grad for p in plan.params]
+    firsts, plan.firsts = plan.firsts or [False] * len(plan.params), []  # state is new only once
+    if not plan.params:
+        return plan.leftover
+    inv_scale = None if grad_scale is None else 1.0 / float(grad_scale.item())
+    steps = plan.counters.bump("step", plan.idx) if algo.counts_steps else None
+    held = [plan.counters.values(n, plan.idx) for n in algo.scalar_state]
+    uniform = all(len(set(column)) <= 1 for column in (steps or [], firsts, *held))
+    for bucket in plan.buckets:
+        if uniform:  # the usual case: every parameter is at the same step
+            _run_bucket(opt, group, plan, bucket, None, steps[0] if steps else None, firsts[0], names, inv_scale, grads)
+            continue
+        groups: dict[tuple, list[int]] = {}
+        for j, i in enumerate(bucket.members):
+            key = (steps[i] if steps else None, firsts[i], tuple(h[i] for h in held))
+            groups.setdefault(key, []).append(j)
+        for (step, first, _), js in groups.items():
+            _run_bucket(opt, group, plan, bucket, js, step, first, names, inv_scale, grads)
+    return plan.leftover
+
+
+def _run_bucket(opt, group, plan: Plan, bucket: Bucket, subset, step, first, names, inv_scale, grads) -> None:
+    algo = opt.algorithm
+    members = bucket.members if subset is None else [bucket.members[j] for j in subset]
+    scalars = algo.scalars(group, step, first)
+    if algo.advance is not None:
+        lead = plan.states[members[0]]
+        scalars = {**scalars, **algo.advance(scalars, **{n: lead[n] for n in algo.scalar_state})}
+        if len(members) > 1:
+            positions = plan.idx[members]
+            for n in algo.scalar_state:
+                plan.counters.broadcast(n, positions, lead[n])
+    runner, program = _kernel(algo, names, group, scalars, bucket.dtype, inv_scale is not None, bucket.kind)
+    values = {**scalars, "__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
+    uniform = cpu_kernel.evaluate_uniform(program, [wrappers.plain(values[k]) for k in program.scalars])
+    grad_ptrs = grad_table(grads, members)
+    if subset is None:
+        tables, sizes = [bucket.tables[0], grad_ptrs, *bucket.tables[1:]], bucket.sizes
+    else:
+        pick = torch.tensor(subset, dtype=torch.int64)
+        tables = [bucket.tables[0][pick], grad_ptrs, *(t[pick] for t in bucket.tables[1:])]
+        sizes = tuple(bucket.sizes[j] for j in subset)
+    runner.run(tables, sizes, torch.tensor(uniform, dtype=torch.float64), plan.params[members[0]].device)

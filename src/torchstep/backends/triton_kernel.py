@@ -117,10 +117,10 @@ def load(source: str) -> Any:
     return namespace["step"]
 
 
-def launch(kernel: Any, tables: list[list[int]], chunks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+def launch(kernel: Any, ptrs: torch.Tensor, ntensors: int, chunks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
            args: torch.Tensor, device: torch.device) -> None:
-    """One launch over every chunk of every tensor of the bucket."""
-    ntensors = len(tables[0])
-    ptrs = torch.tensor([ptr for column in tables for ptr in column], dtype=torch.int64).to(device, non_blocking=True)
+    """One launch over every chunk of every tensor of the bucket; ``ptrs`` holds the operands'
+    pointer tables one after another (``ntensors`` entries each)."""
+    ptrs = ptrs.to(device, non_blocking=True)
     chunk_t, chunk_s, chunk_n = (c.to(device, non_blocking=True) for c in chunks)
     kernel[(len(chunks[0]),)](chunk_t, chunk_s, chunk_n, ptrs, args.to(device, non_blocking=True), ntensors, BLOCK=BLOCK)
