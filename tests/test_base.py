@@ -201,3 +201,17 @@ def test_grad_scaler_matches_torch(algo):
 def test_repr_lists_groups():
     text = repr(ts_optim.Adam([_p(2)], lr=0.1))
     assert text.startswith("Adam (") and "Parameter Group 0" in text and "lr: 0.1" in text
+
+
+def test_exports_every_torch_optimizer():
+    """torchstep.optim has every optimizer class torch.optim 2.13 exports, and its submodules."""
+    import inspect
+
+    torch_classes = {
+        name for name in torch.optim.__all__
+        if inspect.isclass(getattr(torch.optim, name)) and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
+    }
+    assert torch_classes <= set(ts_optim.__all__)
+    for name in torch_classes:
+        assert issubclass(getattr(ts_optim, name), torch.optim.Optimizer)
+    assert {"lr_scheduler", "swa_utils"} <= set(ts_optim.__all__)
