@@ -28,7 +28,7 @@ def test_every_algorithm_matches_reference_through_triton(interpreted_results):
     seen = {r["algo"] for r in interpreted_results}
     assert set(REPRESENTATIVE) <= seen
     for r in interpreted_results:
-        tol = 1e-5 if "float32" in r["dtype"] else 1e-12
+        tol = {"torch.float32": 1e-5, "torch.float64": 1e-12}.get(r["dtype"], 0.1)  # 16-bit: the interpreter converts to bf16 its own way; a few ulps at |x|~4
         assert r["param_diff"] <= tol and r["state_diff"] <= tol, r
 
 

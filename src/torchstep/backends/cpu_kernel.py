@@ -30,7 +30,22 @@ import torch
 from .trace import Program
 
 CHUNK = 1 << 15
-_C_TYPES = {torch.float32: ("float", "f"), torch.float64: ("double", "")}
+# dtype -> (compute type, math-function suffix, storage type, load expression, store function)
+_C_TYPES = {
+    torch.float32: ("float", "f", "float", "{}", ""),
+    torch.float64: ("double", "", "double", "{}", ""),
+    # half types are stored as 16 bits and computed in float (as torch's fused kernels do)
+    torch.bfloat16: ("float", "f", "uint16_t", "bf16_load({})", "bf16_store"),
+    torch.float16: ("float", "f", "_Float16", "(float)({})", "(_Float16)"),
+}
+_HALF_HELPERS = """
+static inline float bf16_load(uint16_t h) { union { uint32_t u; float f; } v; v.u = (uint32_t)h << 16; return v.f; }
+static inline uint16_t bf16_store(float f) {
+  union { uint32_t u; float f; } v; v.f = f;
+  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u);  /* quiet NaN */
+  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);                   /* round to nearest even */
+}
+"""
 _loaded: dict[str, ctypes.CDLL] = {}
 
 
@@ -133,7 +148,7 @@ def evaluate_uniform(program: Program, args: list) -> list[float]:
 def generate(program: Program, dtype: torch.dtype) -> str:
     """The C source of ``program`` for tensors of ``dtype``; ``args`` holds the values of
     :func:`uniform_nodes`, in order."""
-    ctype, suffix = _C_TYPES[dtype]
+    ctype, suffix, storage, load_fmt, store_fn = _C_TYPES[dtype]
     slots = {node: k for k, node in enumerate(uniform_nodes(program))}
     head = [f"  const {ctype} c{i} = ({ctype})args[{k}];" for i, k in slots.items()]
     body = []
@@ -141,15 +156,17 @@ def generate(program: Program, dtype: torch.dtype) -> str:
         if i in slots:
             continue
         if node[0] == "in":
-            body.append(f"      const {ctype} v{i} = x{node[1]}[i];")
+            body.append(f"      const {ctype} v{i} = {load_fmt.format(f'x{node[1]}[i]')};")
         else:
             ref = lambda j: f"c{j}" if j in slots else f"v{j}"  # noqa: E731
             body.append(f"      const {ctype} v{i} = {_expr(node, ref, True, ctype, suffix)};")
-    stores = [f"      x{program.inputs.index(n)}[i] = {'c' if j in slots else 'v'}{j};" for n, j in program.outputs.items()]
-    ptrs = [f"    {ctype} *restrict x{k} = (({ctype} *const *)ptrs[{k}])[t] + start;" for k in range(len(program.inputs))]
+    stores = [f"      x{program.inputs.index(n)}[i] = {store_fn}({'c' if j in slots else 'v'}{j});"
+              for n, j in program.outputs.items()]
+    ptrs = [f"    {storage} *restrict x{k} = (({storage} *const *)ptrs[{k}])[t] + start;" for k in range(len(program.inputs))]
     return "\n".join([
         "#include <math.h>",
         "#include <stdint.h>",
+        _HALF_HELPERS if dtype in (torch.bfloat16, torch.float16) else "",
         "void step(int64_t nchunks, const int64_t *chunk_tensor, const int64_t *chunk_start, const int64_t *chunk_len,",
         "          void *const *const *ptrs, const double *args, int nthreads) {",
         *head,

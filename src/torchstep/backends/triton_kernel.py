@@ -26,7 +26,8 @@ from .cpu_kernel import uniform_nodes
 from .trace import NotTraceable, Program
 
 BLOCK = 2048
-_TL_TYPES = {torch.float32: "tl.float32", torch.float64: "tl.float64"}
+_TL_TYPES = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloat16: "tl.bfloat16",
+             torch.float16: "tl.float16"}
 
 
 def available() -> bool:
@@ -74,7 +75,8 @@ def _expr(node: tuple, ref, tl_type: str) -> str:
 
 def generate(program: Program, dtype: torch.dtype) -> str:
     """Python source of a ``@triton.jit`` function ``step`` for ``program`` on ``dtype`` tensors."""
-    tl_type = _TL_TYPES[dtype]
+    storage = _TL_TYPES[dtype]
+    tl_type = "tl.float64" if dtype == torch.float64 else "tl.float32"  # 16-bit types computed in float32
     slots = {node: k for k, node in enumerate(uniform_nodes(program))}
     lines = [
         "import triton",
@@ -89,19 +91,19 @@ def generate(program: Program, dtype: torch.dtype) -> str:
         "    mask = offs < tl.load(chunk_len + c)",
     ]
     for k in range(len(program.inputs)):
-        lines.append(f"    x{k} = tl.load(ptrs + {k} * NT + t).to(tl.pointer_type({tl_type})) + start + offs")
+        lines.append(f"    x{k} = tl.load(ptrs + {k} * NT + t).to(tl.pointer_type({storage})) + start + offs")
     for i, k in slots.items():
         lines.append(f"    c{i} = tl.load(args + {k}).to({tl_type})")
     for i, node in enumerate(program.nodes):
         if i in slots:
             continue
         if node[0] == "in":
-            lines.append(f"    v{i} = tl.load(x{node[1]}, mask=mask)")
+            lines.append(f"    v{i} = tl.load(x{node[1]}, mask=mask).to({tl_type})")
         else:
             lines.append(f"    v{i} = {_expr(node, lambda j: f'c{j}' if j in slots else f'v{j}', tl_type)}")
     for name, j in program.outputs.items():
         value = f"c{j}" if j in slots else f"v{j}"
-        lines.append(f"    tl.store(x{program.inputs.index(name)}, {value}, mask=mask)")
+        lines.append(f"    tl.store(x{program.inputs.index(name)}, ({value}).to({storage}), mask=mask)")
     return "\n".join(lines) + "\n"
 
 
