@@ -7,16 +7,21 @@ from ..algorithms.adam import Adam
 from ..algorithms.adamax import Adamax
 from ..algorithms.adamw import AdamW
 from ..algorithms.asgd import ASGD
+from ..algorithms.lamb import Lamb
+from ..algorithms.lars import LARS
 from ..algorithms.lbfgs import LBFGS
+from ..algorithms.lookahead import Lookahead
 from ..algorithms.muon import Muon
 from ..algorithms.nadam import NAdam
+from ..algorithms.prodigy import Prodigy
 from ..algorithms.radam import RAdam
 from ..algorithms.rmsprop import RMSprop
 from ..algorithms.rprop import Rprop
+from ..algorithms.schedule_free import AdamWScheduleFree, SGDScheduleFree
 from ..algorithms.sgd import SGD
 from ..algorithms.sparse_adam import SparseAdam
 from ..core.optimizer import Optimizer
 from . import lr_scheduler
 from . import swa_utils
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon", "lr_scheduler", "swa_utils"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor", "Muon", "Lamb", "LARS", "SGDScheduleFree", "AdamWScheduleFree", "Prodigy", "Lookahead", "lr_scheduler", "swa_utils"]
