@@ -4,6 +4,8 @@
 """
 
 from . import optim
+from .lr_finder import lr_find
+from .params import param_groups
 
 __version__ = "0.1.0"
-__all__ = ["optim", "__version__"]
+__all__ = ["optim", "param_groups", "lr_find", "__version__"]

@@ -6,8 +6,11 @@ import argparse
 import sys
 
 from . import bench as _bench
+from . import compare as _compare
+from . import lr_find as _lr_find
+from . import schedule as _schedule
 
-SUBCOMMANDS = {"bench": _bench}
+SUBCOMMANDS = {"compare": _compare, "lr-find": _lr_find, "schedule": _schedule, "bench": _bench}
 
 
 class UserError(Exception):
