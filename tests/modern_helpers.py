@@ -14,12 +14,12 @@ from registry import TOLERANCE
 SHAPES = [(4, 5), (3,), (2, 3, 4), (6,), ()]
 
 
-def make_params(dtype: torch.dtype, shapes=SHAPES, seed: int = 0, zero_last: bool = False) -> list[torch.Tensor]:
-    """Random parameters (the last one all zeros if ``zero_last``: norms of 0, Prodigy's 0-d ``p0``)."""
+def make_params(dtype: torch.dtype, shapes=SHAPES, seed: int = 0, zero: int | None = None) -> list[torch.Tensor]:
+    """Random parameters; ``params[zero]`` all zeros if given (norms of 0, Prodigy's 0-d ``p0``)."""
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen, dtype=torch.float64).to(dtype) for s in shapes]
-    if zero_last:
-        params[-1].zero_()
+    if zero is not None:
+        params[zero].zero_()
     return [p.requires_grad_() for p in params]
 
 
@@ -40,7 +40,7 @@ def two_groups(params: list[torch.Tensor], group2: dict, split: int = 2) -> list
 
 
 def run_side_by_side(make_a: Callable, make_b: Callable, dtype: torch.dtype, steps: int = 25, pull: float = 0.0,
-                     prepare: Callable = lambda opt: None, **param_kw):
+                     prepare: Callable = lambda opt: None, skip_last: bool = True, **param_kw):
     """Build ``make_a(params)`` and ``make_b(twin params)``, step both on one gradient stream;
     returns ``(a, b, a_params, b_params)``."""
     a_p = make_params(dtype, **param_kw)
@@ -49,7 +49,7 @@ def run_side_by_side(make_a: Callable, make_b: Callable, dtype: torch.dtype, ste
     prepare(a)
     prepare(b)
     for step in range(steps):
-        set_grads(step, list(zip(a_p, b_p)), pull)
+        set_grads(step, list(zip(a_p, b_p)), pull, skip_last)
         a.step()
         b.step()
     return a, b, a_p, b_p
