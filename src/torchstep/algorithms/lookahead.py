@@ -21,7 +21,8 @@ at the ``k``-th step, also one without a gradient at that step (pytorch-optimize
 their slow weights go stale); one step counter for the wrapper rather than a ``counter`` key added
 to each of the inner optimizer's groups.
 Reference: Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step back"
-(NeurIPS 2019), arXiv:1907.08610.
+(NeurIPS 2019), arXiv:1907.08610. ``alpha`` is in :math:`(0, 1]` as in the paper (pytorch-optimizer
+refuses :math:`\alpha = 1`, where Lookahead is the inner optimizer unchanged).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Lookahead(Optimizer):
             raise TypeError(f"Lookahead wraps an optimizer (a torch.optim.Optimizer), got {type(optimizer).__name__}")
         check.whole_number(k, "k", 1, lead="Invalid lookahead steps")
         check.in_range(alpha, "alpha", "slow weights step size", 0.0, 1.0)
+        check.positive(alpha, "alpha", "slow weights step size")
         # the base class's hook tables and attributes, without its parameter handling
         self.__setstate__({"optimizer": optimizer, "k": k, "alpha": alpha, "lookahead_step": 0,
                            "state": defaultdict(dict)})
