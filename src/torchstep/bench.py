@@ -54,7 +54,7 @@ class Row:
 
     @property
     def best_torch(self) -> tuple[str, float]:
-        torch_paths = {k: v for k, v in self.times_ms.items() if k.startswith("torch")}
+        torch_paths = {k: v for k, v in self.times_ms.items() if k.startswith("torch ")}
         return min(torch_paths.items(), key=lambda kv: kv[1])
 
 
