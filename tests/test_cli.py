@@ -1,5 +1,6 @@
 """The ``torchstep`` command: each subcommand as a subprocess on tiny settings; user errors; setup parsing."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from torchstep.cli.setups import PRESETS, SetupError, parse_setup
 from torchstep.schedules import preview, schedule_from_spec, warmup_cosine
 
 
-def _run(*argv, cwd=None):
+def _run(*argv, cwd=None, stderr=None):
     result = subprocess.run([sys.executable, "-m", "torchstep.cli", *argv], capture_output=True, text=True,
                             timeout=300, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(result.stderr)
     return result.stdout
 
 
@@ -46,7 +49,12 @@ def test_help(command, capsys):
 
 def test_compare_runs_every_preset(tmp_path):
     png, raw = tmp_path / "curves.png", tmp_path / "runs.json"
-    out = _run("compare", "--epochs", "1", "--batch-size", "128", "--plot", str(png), "--json", str(raw))
+    err = []
+    out = _run("compare", "--epochs", "1", "--batch-size", "128", "--plot", str(png), "--json", str(raw), stderr=err)
+    if importlib.util.find_spec("tqdm"):  # a bar per run, each finished
+        assert all(f"{name}: 100%|" in err[0] for name in PRESETS), err[0]
+    else:  # bars are optional: one hint, and the run goes on
+        assert "no progress bars without tqdm (pip install 'torchstep[cli]')" in err[0]
     header, rows = _table(out)
     assert header == ["setup", "final train loss", "val loss", "val acc", "wall s", "optimizer.step share"]
     assert [r[0] for r in rows] == list(PRESETS)
@@ -68,6 +76,14 @@ def test_compare_custom_setups(tmp_path, monkeypatch, capsys):
     _, rows = _table(capsys.readouterr().out)
     assert [r[0] for r in rows] == ["adam", "SGD(lr=0.1,momentum=0.9)+StepLR(step_size=5,gamma=0.5)"]
     assert not list(tmp_path.iterdir())  # --no-plot: nothing written
+
+
+def test_compare_runs_without_tqdm(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
+    assert main(["compare", "--epochs", "1", "--batch-size", "256", "--setup", "adam", "--no-plot"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "torchstep compare: no progress bars without tqdm (pip install 'torchstep[cli]')\n"
+    assert _table(captured.out)[1][0][0] == "adam"
 
 
 def test_lr_find_on_digits(tmp_path, capsys):

@@ -49,7 +49,8 @@ def test_suggestion_lands_in_the_known_good_range(rule, seed):
 def _classifier():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 3))
-    x, y = torch.randn(128, 8), torch.randint(0, 3, (128,))
+    x = torch.randn(128, 8)
+    y = x[:, :3].argmax(1)  # learnable labels
     return model, [(x[:64], y[:64]), (x[64:], y[64:])]
 
 
@@ -151,6 +152,9 @@ def test_suggest_rules_on_a_known_curve():
     assert suggest(lrs, smoothed, "steepest", skip_start=2) == pytest.approx(1e-2)
     assert suggest(lrs, smoothed, "min/10", skip_start=2) == pytest.approx(lrs[smoothed.index(min(smoothed))] / 10)
     assert suggest(lrs[:2], smoothed[:2], "steepest", skip_start=2) is None
+    rising = [float(k) for k in range(len(lrs))]
+    assert suggest(lrs, rising, "steepest", skip_start=2) is None  # the loss never fell
+    assert suggest(lrs, rising, "min/10", skip_start=2) == pytest.approx(lrs[0] / 10)
 
 
 def test_zero_lag_smoothing():

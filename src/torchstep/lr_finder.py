@@ -39,15 +39,17 @@ import torch
 
 from .core import check
 
-__all__ = ["lr_find", "LRFindResult", "RULES", "check_sweep", "suggest", "ema"]
+__all__ = ["lr_find", "LRFindResult", "RULES", "DIVERGE", "check_sweep", "suggest", "ema"]
 
 RULES = ("steepest", "min/10")
+DIVERGE = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 
 
 @dataclass
 class LRFindResult:
     """What the sweep saw: ``lrs``, raw ``losses`` and ``smoothed`` losses (equal lengths), the
-    ``suggestion`` (``None`` when too few points were recorded), the ``rule`` that chose it, and
+    ``suggestion`` (``None`` when too few points were recorded, or, for ``"steepest"``, when the
+    loss never fell), the ``rule`` that chose it, and
     why the sweep stopped (``stop_reason``)."""
 
     lrs: list[float] = field(default_factory=list)
@@ -63,7 +65,7 @@ class LRFindResult:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError as err:
-            raise ImportError("plotting needs matplotlib: pip install torchstep[cli]") from err
+            raise ImportError("plotting needs matplotlib: pip install 'torchstep[plot]'") from err
         figure = Figure(figsize=(7, 4.5), dpi=100)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
@@ -75,9 +77,10 @@ class LRFindResult:
         axes.set_xscale("log")
         axes.set_xlabel("learning rate")
         axes.set_ylabel("loss")
-        if self.smoothed:
-            low, high = min(self.smoothed), max(self.smoothed[0], min(self.smoothed))
-            axes.set_ylim(low - 0.1 * (high - low + 1e-12), high + 0.5 * (high - low + 1e-12))
+        if self.smoothed:  # from the lowest loss to a little above the first: the divergent tail is cut
+            low, high = min(self.smoothed), self.smoothed[0]
+            span = max(high - low, 0.05 * abs(high), 1e-12)
+            axes.set_ylim(low - 0.1 * span, high + 0.5 * span)
         axes.set_title(title or "LR range test")
         axes.grid(True, alpha=0.3, which="both")
         axes.legend(fontsize="small")
@@ -94,12 +97,10 @@ def suggest(lrs: list[float], smoothed: list[float], rule: str, skip_start: int)
     best = min(range(len(smoothed)), key=smoothed.__getitem__)
     if rule == "min/10":
         return lrs[best] / 10
-    candidates = range(max(1, min(skip_start, best - 1)), max(best, 2))
-    candidates = [i for i in candidates if i + 1 < len(smoothed)]
-    if not candidates:
-        return None
+    if best < 2:
+        return None  # the loss never fell: there is no descent to measure
     slope = {i: (smoothed[i + 1] - smoothed[i - 1]) / (math.log(lrs[i + 1]) - math.log(lrs[i - 1]))
-             for i in candidates}
+             for i in range(max(1, min(skip_start, best - 1)), best)}
     return lrs[min(slope, key=slope.__getitem__)]
 
 
@@ -186,7 +187,7 @@ def lr_find(
     end_lr: float = 10.0,
     num_steps: int = 100,
     beta: float = 0.8,
-    diverge: float = 4.0,
+    diverge: float = DIVERGE,
     rule: str = "steepest",
     skip_start: int = 5,
     plot: Any = None,

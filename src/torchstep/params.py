@@ -41,7 +41,6 @@ import fnmatch
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
-import torch
 from torch import nn
 
 from .core import check

@@ -58,14 +58,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    from . import UserError
-
-    for name in ("epochs", "batch_size", "threads"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-
-
 def _warm_up(setup, data) -> None:
     """One step on a throwaway model: checks the optimizer's arguments before any run starts, and
     compiles (or loads) the fused kernel outside the timing."""
@@ -133,23 +125,17 @@ def table(runs: list[Run]) -> str:
                           [False, True, True, True, True, True])
 
 
-def _ema(values: list[float], beta: float = 0.9) -> list[float]:
-    out, avg = [], 0.0
-    for i, v in enumerate(values):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta ** (i + 1)))
-    return out
-
-
 def plot(runs: list[Run], path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from torchstep.lr_finder import ema
 
     figure = Figure(figsize=(12, 4.5), dpi=100)
     FigureCanvasAgg(figure)
     loss_ax, lr_ax = figure.subplots(1, 2)
     for i, r in enumerate(runs):
-        loss_ax.plot(_ema(r.losses), label=r.label, color=f"C{i % 10}", linewidth=1.4)
+        loss_ax.plot(ema(r.losses, 0.9), label=r.label, color=f"C{i % 10}", linewidth=1.4)
         lr_ax.plot(r.lrs, label=r.label, color=f"C{i % 10}", linewidth=1.4)
     loss_ax.set(yscale="log", xlabel="step", ylabel="training loss (EMA, beta 0.9)", title=title)
     peaks = [max(r.lrs) for r in runs if r.lrs and max(r.lrs) > 0]
@@ -164,22 +150,17 @@ def plot(runs: list[Run], path, title: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from . import UserError
-    from .output import require, writable
+    from .output import check_minimums, digits_data, progress_bars, require, writable
     from .setups import SetupError, parse_setup
 
-    _check_args(args)
-    tqdm = require("tqdm", "torchstep compare's progress bars").tqdm
+    check_minimums(args, epochs=1, batch_size=1, threads=1)
+    tqdm = progress_bars("compare", not args.no_progress)
     png = None if args.no_plot else writable(args.plot, "plot")
     if png is not None:
         require("matplotlib", "torchstep compare's plot")
     out_json = writable(args.json, "JSON")
     torch.set_num_threads(args.threads)
-    from torchstep.tasks import load_digits
-
-    try:
-        data = load_digits()
-    except ImportError as exc:
-        raise UserError(str(exc)) from None
+    data = digits_data()
     steps = args.epochs * -(-len(data.x_train) // args.batch_size)
     try:
         setups = [parse_setup(text, steps) for text in (args.setup or list(PRESETS))]

@@ -33,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
     p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default 100)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size on the digits task (default 64)")
-    p.add_argument("--rule", default="steepest", choices=RULES, help="how to pick the lr (default steepest)")
+    p.add_argument("--rule", default="steepest", choices=RULES,
+                   help="steepest: where the smoothed loss falls fastest; min/10: a tenth of the lr at the lowest "
+                   "smoothed loss (default steepest)")
     p.add_argument("--beta", type=float, default=0.8, help="loss smoothing coefficient (default 0.8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model and batch order (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -61,14 +63,9 @@ def load_factory(target: str) -> Any:
 
 
 def _digits_batches(batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from torchstep.tasks import load_digits
+    from .output import digits_data
 
-    from . import UserError
-
-    try:
-        data = load_digits()
-    except ImportError as exc:
-        raise UserError(str(exc)) from None
+    data = digits_data()
     order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
     return [(data.x_train[order[i:i + batch_size]], data.y_train[order[i:i + batch_size]])
             for i in range(0, len(order), batch_size)]
@@ -93,16 +90,14 @@ def _problem(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list, str]
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstep.lr_finder import check_sweep, lr_find
+    from torchstep.lr_finder import DIVERGE, check_sweep, lr_find
     from torchstep.params import param_groups
 
     from . import UserError
-    from .output import markdown_table, require, writable
+    from .output import check_minimums, markdown_table, require, writable
     from .setups import SetupError, parse_setup
 
-    for name in ("steps", "batch_size", "threads"):
-        if getattr(args, name) < (2 if name == "steps" else 1):
-            raise UserError(f"--{name.replace('_', '-')} must be >= {2 if name == 'steps' else 1}, got {getattr(args, name)}")
+    check_minimums(args, steps=2, batch_size=1, threads=1)
     png = None if args.no_plot else writable(args.plot, "plot")
     if png is not None:
         require("matplotlib", "torchstep lr-find's plot")
@@ -111,11 +106,14 @@ def run(args: argparse.Namespace) -> int:
         setup = parse_setup(args.optimizer if "(" in args.optimizer else args.optimizer + "()", args.steps)
         if setup.schedule is not None:
             raise SetupError(f"--optimizer {args.optimizer!r}: no schedule here (the sweep sets the lr)")
-        check_sweep(args.start_lr, args.end_lr, args.steps, args.beta, 4.0, args.rule)
-        model, loss_fn, batches, title = _problem(args)
-        optimizer = setup.make_optimizer(param_groups(model))
+        check_sweep(args.start_lr, args.end_lr, args.steps, args.beta, DIVERGE, args.rule)
     except (SetupError, ValueError) as exc:
         raise UserError(" ".join(str(exc).split())) from None
+    model, loss_fn, batches, title = _problem(args)
+    try:
+        optimizer = setup.make_optimizer(param_groups(model))
+    except SetupError as exc:
+        raise UserError(str(exc)) from None
     result = lr_find(model, optimizer, loss_fn, batches, start_lr=args.start_lr, end_lr=args.end_lr,
                      num_steps=args.steps, beta=args.beta, rule=args.rule)
     shown = sorted({round(i * (len(result.lrs) - 1) / 9) for i in range(10)}) if result.lrs else []
@@ -124,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                          [True, True, True]))
     print(f"\n{len(result.lrs)} steps; stopped: {result.stop_reason}")
     if result.suggestion is None:
-        print("no suggestion: too few steps were recorded (lower --start-lr or raise --steps)")
+        print("no suggestion: too few steps were recorded, or the loss never fell (try a lower --start-lr)")
     else:
         print(f"suggested lr: {result.suggestion:.3g} (rule: {args.rule}, {setup.optimizer})")
     if png is not None:

@@ -1,8 +1,9 @@
-"""What the subcommands share for output: optional packages, tables, and where a PNG may go."""
+"""What the subcommands share: optional packages, the digits data, option checks, tables, output paths."""
 
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,6 +18,56 @@ def require(module: str, purpose: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise UserError(f"{purpose} needs {module.split('.')[0]}: {CLI_EXTRA}") from None
+
+
+class _NoBar:
+    """Stands in for a tqdm bar when tqdm is not installed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bars(command: str, wanted: bool) -> Any:
+    """tqdm's bar class, or a silent stand-in (with a one-line hint) when tqdm is missing: bars are a
+    convenience, so their absence never stops a run."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        if wanted:
+            print(f"torchstep {command}: no progress bars without tqdm ({CLI_EXTRA})", file=sys.stderr)
+        return _NoBar
+    return tqdm
+
+
+def digits_data() -> Any:
+    """The digits task's data (:func:`torchstep.tasks.load_digits`), or a one-line error without scikit-learn."""
+    from torchstep.tasks import load_digits
+
+    from . import UserError
+
+    try:
+        return load_digits()
+    except ImportError as exc:
+        raise UserError(str(exc)) from None
+
+
+def check_minimums(args: Any, **minimums: int) -> None:
+    """Stop with a one-line error where an integer option is below its minimum."""
+    from . import UserError
+
+    for name, low in minimums.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise UserError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
 
 
 def writable(path: str | None, what: str) -> Path | None:

@@ -37,12 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from torchstep.schedules import preview, schedule_from_spec
 
     from . import UserError
-    from .output import markdown_table, require, writable
+    from .output import check_minimums, markdown_table, require, writable
 
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
-    if args.every is not None and args.every < 1:
-        raise UserError(f"--every must be >= 1, got {args.every}")
+    check_minimums(args, steps=1, every=1)
     png = writable(args.plot, "plot")
     series = {}
     for spec in args.spec:
