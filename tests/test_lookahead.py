@@ -77,6 +77,22 @@ def test_parameters_without_a_gradient_are_synchronised_too():
     assert torch.equal(results[0], torch.full((2,), -1.0)) and torch.equal(results[1], torch.full((2,), -0.5))
 
 
+def test_a_group_added_mid_cycle_syncs_with_the_others():
+    """One counter for the wrapper: a group added after one step is pulled back at the same k-th
+    step as the rest (pytorch-optimizer counts per group, so it would wait k steps of its own)."""
+    synced = []
+    for make in (pytorch_optimizer.Lookahead, ts_optim.Lookahead):
+        p, q = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
+        opt = make(torch.optim.SGD([p], lr=1.0), k=2, alpha=0.5)
+        p.grad = torch.ones(2)
+        opt.step()
+        opt.add_param_group({"params": [q]})
+        p.grad, q.grad = torch.ones(2), torch.ones(2)
+        opt.step()  # the second step: a sync for p in both
+        synced.append(q.detach().clone())
+    assert torch.equal(synced[0], torch.full((2,), -1.0)) and torch.equal(synced[1], torch.full((2,), -0.5))
+
+
 @DTYPES
 @pytest.mark.parametrize("inner", ["ts_adam", "torch_adam", "ts_lamb"])
 def test_state_dict_round_trip_mid_cycle(inner, dtype):

@@ -10,7 +10,7 @@ import pytorch_optimizer
 import torch
 
 import torchstep.optim as ts_optim
-from modern_helpers import assert_params_close, assert_state_close, continue_after_load, run_side_by_side, two_groups
+from modern_helpers import assert_params_close, make_params, assert_state_close, continue_after_load, run_side_by_side, two_groups
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 LARS_SHAPES = [(4, 5), (3, 2), (2, 3, 4), (3,), (6,), ()]  # matrices first: pytorch-optimizer skips the rest
@@ -81,6 +81,18 @@ def test_lamb_bias_correction_matches_the_paper(kwargs, dtype):
     assert_params_close(a_p, b_p, dtype)
 
 
+def test_lamb_step_size_of_pytorch_optimizers_default():
+    """pytorch-optimizer's default Lamb (adam_debias=False) divides the step, not the ratio's input,
+    by 1 - beta1**t: its first step is ours without bias correction at lr / (1 - beta1)."""
+    p = make_params(torch.float64)
+    q = [x.detach().clone().requires_grad_() for x in p]
+    for x, y in zip(p, q):
+        x.grad = y.grad = torch.linspace(-1, 1, x.numel(), dtype=torch.float64).reshape(x.shape)
+    pytorch_optimizer.Lamb(p, lr=1e-2, weight_decay=0.1, weight_decouple=False, foreach=False).step()
+    ts_optim.Lamb(q, lr=1e-2 / (1 - 0.9), weight_decay=0.1, bias_correction=False).step()
+    assert_params_close(p, q, torch.float64)
+
+
 @DTYPES
 def test_lamb_group_without_trust_ratio_is_adamw(dtype):
     kwargs = dict(lr=1e-2, eps=1e-6, weight_decay=0.1)
@@ -122,6 +134,19 @@ def test_lars_group_without_trust_ratio_is_torch_sgd(nesterov, dtype):
                                       lambda ps: ts_optim.LARS(ps, trust_ratio=False, **kwargs), dtype)
     assert_params_close(a_p, b_p, dtype)
     assert_state_close(a, b, a_p, b_p, dtype)
+
+
+def test_lars_momentum_buffer_starts_at_zero_unlike_torch_sgd():
+    """With dampening the first buffer is (1 - dampening) * u (b_0 = 0, as in the paper);
+    torch's SGD starts it at u."""
+    p, q = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    p.grad, q.grad = torch.full((3,), 2.0), torch.full((3,), 2.0)
+    mine = ts_optim.LARS([p], lr=1.0, momentum=0.9, dampening=0.5, trust_ratio=False)
+    theirs = torch.optim.SGD([q], lr=1.0, momentum=0.9, dampening=0.5)
+    mine.step()
+    theirs.step()
+    assert torch.equal(mine.state[p]["momentum_buffer"], torch.full((3,), 1.0))
+    assert torch.equal(theirs.state[q]["momentum_buffer"], torch.full((3,), 2.0))
 
 
 def test_lars_trust_ratio_is_the_papers_local_rate():

@@ -140,6 +140,19 @@ def test_train_eval_round_trip_and_idempotence(name):
     torch.testing.assert_close(p.detach(), y)
 
 
+def test_a_tensor_lr_is_read_as_a_float():
+    runs = []
+    for lr in (0.1, torch.tensor(0.1, dtype=torch.float64)):
+        p = torch.ones(3, requires_grad=True)
+        opt = ts_optim.SGDScheduleFree([p], lr=lr, warmup_steps=2)
+        opt.train()
+        for _ in range(3):
+            p.grad = torch.ones(3)
+            opt.step()
+        runs.append((p.detach().clone(), opt.param_groups[0]["lr_max"]))
+    assert torch.equal(runs[0][0], runs[1][0]) and type(runs[1][1]) is float and runs[0][1] == runs[1][1]
+
+
 @pytest.mark.parametrize("name", ["SGDScheduleFree", "AdamWScheduleFree"])
 def test_gradients_are_left_untouched(name):
     """Deliberate difference: the package adds weight decay into (and AdamW divides) p.grad."""
