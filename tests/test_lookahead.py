@@ -117,6 +117,16 @@ def test_state_dict_layout_holds_both_halves():
     torch.optim.Adam(two_groups(make_params(torch.float32), GROUP2)).load_state_dict(sd["base_optimizer"])
 
 
+def test_state_dict_hooks_run():
+    opt = ours("ts_adam", 5, 0.5)(make_params(torch.float32))
+    seen = []
+    opt.register_state_dict_post_hook(lambda o, sd: {**sd, "note": 1})
+    opt.register_load_state_dict_pre_hook(lambda o, sd: seen.append(sd["note"]))
+    opt.register_load_state_dict_post_hook(lambda o: seen.append("loaded"))
+    opt.load_state_dict(opt.state_dict())
+    assert seen == [1, "loaded"]
+
+
 def test_load_state_dict_errors():
     opt = ours("ts_adam", 5, 0.5)(make_params(torch.float32))
     with pytest.raises(ValueError, match=r"not a Lookahead state_dict: \['base_optimizer', 'slow_params'\] missing"):

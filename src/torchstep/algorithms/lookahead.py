@@ -19,7 +19,7 @@ Element-wise, but run every ``k`` steps only: two in-place operations per tensor
 Deliberate differences from pytorch-optimizer's ``Lookahead``: every parameter is synchronised
 at the ``k``-th step, also one without a gradient at that step (pytorch-optimizer skips those, so
 their slow weights go stale); one step counter for the wrapper rather than a ``counter`` key added
-to each of the inner optimizer's groups.
+to each of the inner optimizer's groups (so a group added mid-cycle syncs with the others).
 Reference: Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step back"
 (NeurIPS 2019), arXiv:1907.08610. ``alpha`` is in :math:`(0, 1]` as in the paper (pytorch-optimizer
 refuses :math:`\alpha = 1`, where Lookahead is the inner optimizer unchanged).
@@ -99,12 +99,19 @@ class Lookahead(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state_dict and the slow weights (see module docstring)."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
         slow = {i: self.state[p]["slow_param"] for i, p in enumerate(self._params())}
-        return {"base_optimizer": self.optimizer.state_dict(), "slow_params": slow, "k": self.k, "alpha": self.alpha,
-                "lookahead_step": self.lookahead_step}
+        result = {"base_optimizer": self.optimizer.state_dict(), "slow_params": slow, "k": self.k, "alpha": self.alpha,
+                  "lookahead_step": self.lookahead_step}
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, result) or result
+        return result
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved: inner state, slow weights, ``k``, ``alpha``, counter."""
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
         missing = {"base_optimizer", "slow_params"} - set(state_dict)
         if missing:
             raise ValueError(f"not a Lookahead state_dict: {sorted(missing)} missing (keys: {sorted(state_dict)})")
@@ -117,6 +124,8 @@ class Lookahead(Optimizer):
         self.k = state_dict.get("k", self.k)
         self.alpha = state_dict.get("alpha", self.alpha)
         self.lookahead_step = state_dict.get("lookahead_step", 0)
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, optimizer={self.optimizer!r})"
