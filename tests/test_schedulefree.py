@@ -2,6 +2,10 @@
 options (two groups, float32/float64, 25 steps, fused and reference backends), the literal x/y/z
 reference classes, train/eval switching, state_dict interchange both ways, errors."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import schedulefree
 import torch
@@ -223,3 +227,36 @@ def test_sparse_gradients_are_rejected():
     opt.train()
     with pytest.raises(RuntimeError, match="SGDScheduleFree does not support sparse gradients"):
         opt.step()
+
+
+TRITON_SCRIPT = """
+import json, os
+os.environ["TRITON_INTERPRET"] = "1"
+import torch, torchstep.optim as O
+from torchstep.backends import use
+out = {}
+for name, kw in [("SGDScheduleFree", dict(lr=0.1, weight_decay=0.01, warmup_steps=3)),
+                 ("AdamWScheduleFree", dict(lr=0.01, weight_decay=0.01))]:
+    res = []
+    for backend in ("triton", "reference"):
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in [(), (5,), (3, 700)]]
+        opt = getattr(O, name)(ps, **kw)
+        opt.train()
+        with use(backend):
+            for _ in range(4):
+                for p in ps:
+                    p.grad = torch.randn(p.shape, generator=gen)
+                opt.step()
+        res.append(ps + [opt.state[p]["z"] for p in ps])
+    out[name] = max((x - y).abs().max().item() for x, y in zip(*res))
+print(json.dumps(out))
+"""
+
+
+def test_triton_kernels_under_the_interpreter_match_the_reference():
+    """The CUDA path (Triton kernels from the same traced update), run on CPU by Triton's interpreter."""
+    done = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    diffs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(diffs) == {"SGDScheduleFree", "AdamWScheduleFree"} and max(diffs.values()) < 1e-5, diffs
