@@ -5,6 +5,8 @@ path, as in torch. Where the fused path cannot run -- ``differentiable=True``, n
 device or dtype without a kernel, an update the tracer cannot model -- the step uses the
 reference path and warns once per optimizer, naming the reason. Sparse or non-contiguous
 gradients take the reference path silently (they are a different algorithm path, as in torch).
+A group with ``cautious=True`` runs its ordinary step inside the cautious stage of
+:mod:`torchstep.core.cautious`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..core import cautious
 from . import cpu_kernel, fused, reference
 from .trace import NotTraceable
 
@@ -74,6 +77,13 @@ def _unscale(params: list[torch.Tensor], grad_scale: Any) -> None:
 
 def step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
     """Run one step of ``opt.algorithm`` over ``group`` on the best available backend."""
+    if group.get("cautious", False):
+        cautious.step_group(opt, group, grad_scale, _step_group)
+    else:
+        _step_group(opt, group, grad_scale)
+
+
+def _step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
     use_fused, reason = _fused_off(opt, group)
     if use_fused:
         steps = opt.__dict__.setdefault("_fused_plans", {}).setdefault(id(group), {})

@@ -133,3 +133,22 @@ def pair(value: Any, name: str, shape: str, size: int = 2, lead: str = "") -> No
         raise TypeError(f"{head} ({name} must be a sequence {shape}; got {value!r})") from None
     if n != size:
         raise ValueError(f"{head} ({name} must have {size} items {shape}; got {value!r}, with {n})")
+
+
+def betas_sequence(betas: Any, size: int) -> None:
+    """``betas`` is a sequence of ``size`` numbers, each in [0, 1) (Adan's and AdEMAMix's three)."""
+    pair(betas, "betas", "of floats in [0, 1)", size, lead="Invalid betas")
+    for i, b in enumerate(betas):
+        in_range(b, f"betas[{i}]", f"beta parameter at index {i}", 0.0, 1.0, high_open=True)
+
+
+def callable_or_none(value: Any, name: str) -> None:
+    """Require a callable (e.g. a function of the step) or None."""
+    if value is not None and not callable(value):
+        raise TypeError(f"Invalid {name}: {value!r} ({name} must be a callable or None; got {type(value).__name__})")
+
+
+def positive_int_or_none(value: Any, name: str) -> None:
+    """Require None or an integer >= 1 (a number of steps)."""
+    if value is not None:
+        whole_number(value, name, 1)
