@@ -1,4 +1,4 @@
-# Two commands for a user: `make demo` (the main job) and `make test` (the test suite).
+# Two commands for a user: `make demo` (the main job: `torchstep compare`) and `make test` (the test suite).
 # Both create .venv on first use. torch is pinned to 2.13.0 for development: it is the
 # oracle every parity test compares against.
 PY ?= python3
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/python examples/train_digits.py
+	$(BIN)/torchstep compare
 
 test: venv
 	$(BIN)/python -m pytest -q
