@@ -340,3 +340,14 @@ def test_complex_parameters_move_as_pairs_of_reals():
             a.step()
             b.step()
         torch.testing.assert_close(torch.view_as_real(z.detach()), r.detach(), **F64)
+
+
+def test_bench_covers_the_modern_algorithms():
+    """``torchstep bench`` times them; torch.optim has none, so its columns read "-"."""
+    from torchstep.bench import ALGORITHMS, format_table, run_steps
+
+    assert {"Lion", "Adan", "AdaBelief", "ADOPT", "AdEMAMix"} <= {cls for cls, *_ in ALGORITHMS.values()}
+    rows = run_steps(["lion_cautious", "adam"], {"2x1k": (2, 1000)}, bandwidth=1e10, repeat=1)
+    assert set(rows[0].times_ms) == {"torchstep"} and "torch for-loop" in rows[1].times_ms
+    table = format_table(rows, 1e10, {})
+    assert "| lion_cautious | 2x1k |" in table and "| - | - | - |" in table

@@ -39,6 +39,13 @@ ALGORITHMS: dict[str, tuple[str, dict, int, bool]] = {
     "radam": ("RAdam", dict(), 2, False),
     "asgd": ("ASGD", dict(), 1, False),
     "rprop": ("Rprop", dict(), 2, False),
+    # not in torch.optim: only torchstep's path is timed
+    "lion": ("Lion", dict(), 1, False),
+    "lion_cautious": ("Lion", dict(cautious=True), 1, False),
+    "adan": ("Adan", dict(), 4, False),
+    "adabelief": ("AdaBelief", dict(), 2, False),
+    "adopt": ("ADOPT", dict(), 2, False),
+    "ademamix": ("AdEMAMix", dict(), 3, False),
 }
 
 LAYOUTS = {"1x20M": (1, 20_000_000), "2000x10k": (2000, 10_000)}
@@ -54,8 +61,9 @@ class Row:
 
     @property
     def best_torch(self) -> tuple[str, float]:
+        """The fastest torch path, or ("", nan) where torch.optim has no such algorithm."""
         torch_paths = {k: v for k, v in self.times_ms.items() if k.startswith("torch ")}
-        return min(torch_paths.items(), key=lambda kv: kv[1])
+        return min(torch_paths.items(), key=lambda kv: kv[1]) if torch_paths else ("", float("nan"))
 
 
 def bytes_per_element(state_tensors: int, itemsize: int = 4) -> int:
@@ -103,6 +111,8 @@ def _peak_extra_mb(step: Callable[[], None]) -> float:
 
 def _paths(cls_name: str, kwargs: dict, torch_fused: bool) -> dict[str, Callable]:
     paths = {"torchstep": lambda ps: getattr(ts_optim, cls_name)(ps, **kwargs)}
+    if not hasattr(torch.optim, cls_name):
+        return paths
     paths["torch for-loop"] = lambda ps: getattr(torch.optim, cls_name)(ps, foreach=False, **kwargs)
     paths["torch foreach"] = lambda ps: getattr(torch.optim, cls_name)(ps, foreach=True, **kwargs)
     if torch_fused:
@@ -175,13 +185,15 @@ def format_table(rows: list[Row], bandwidth: float, latency: dict[str, tuple[flo
     for r in rows:
         t = r.times_ms
         best_path, best = r.best_torch
-        fused = f"{t['torch fused']:.1f}" if "torch fused" in t else "-"
+        ms = {k: f"{t[k]:.1f}" if k in t else "-" for k in ("torch for-loop", "torch foreach", "torch fused")}
         lat = latency.get(r.algorithm)
         lat_s = f"{lat[0]:.2f} / {lat[1]:.2f}" if lat and r.layout == "2000x10k" else ""
+        ratio = f"{best / t['torchstep']:.2f}" if best_path else "-"
+        torch_mb = f"{r.peak_extra_mb[best_path]:.0f}" if best_path else "-"
         lines.append(
-            f"| {r.algorithm} | {r.layout} | {r.bound_ms:.1f} | {t['torchstep']:.1f} | {t['torch for-loop']:.1f} "
-            f"| {t['torch foreach']:.1f} | {fused} | {t['torchstep'] / r.bound_ms:.2f} | {best / t['torchstep']:.2f} "
-            f"| {r.peak_extra_mb['torchstep']:.0f} / {r.peak_extra_mb[best_path]:.0f} | {lat_s} |"
+            f"| {r.algorithm} | {r.layout} | {r.bound_ms:.1f} | {t['torchstep']:.1f} | {ms['torch for-loop']} "
+            f"| {ms['torch foreach']} | {ms['torch fused']} | {t['torchstep'] / r.bound_ms:.2f} | {ratio} "
+            f"| {r.peak_extra_mb['torchstep']:.0f} / {torch_mb} | {lat_s} |"
         )
     return "\n".join(lines)
 

@@ -100,8 +100,8 @@ def _prepare(p: torch.Tensor, group: dict, grad_scale: Any) -> tuple[torch.Tenso
 def _backend_grad(grad: torch.Tensor, group: dict, grad_scale: Any) -> torch.Tensor:
     """What to leave in ``p.grad`` so the backend, unscaling and negating for ``maximize`` (and
     adding L2 decay of the zeroed ``p``: nothing), arrives at ``grad``."""
-    out = -grad if group.get("maximize", False) else grad.clone()
-    return out if grad_scale is None else out.mul_(grad_scale)
+    out = -grad if group.get("maximize", False) else grad
+    return out if grad_scale is None else out * grad_scale  # the backend unscales a copy in place
 
 
 def mask_step_(p: torch.Tensor, start: torch.Tensor, grad: torch.Tensor) -> None:
