@@ -1,7 +1,8 @@
-"""Configurations of the modern element-wise algorithms and how to build the reference each is
-checked against: the authors' package where one is published (adabelief-pytorch), lion-pytorch
-for Lion, pytorch-optimizer otherwise (the authors' Adan, ADOPT and AdEMAMix code is not
-packaged). A reference takes other argument names; each row's ``reference`` maps ours to its."""
+"""Configurations of the modern element-wise algorithms, the gradient stream they run on, and how
+to build the reference each is checked against: the authors' package where one is published
+(adabelief-pytorch), lion-pytorch for Lion, pytorch-optimizer otherwise (the authors' Adan, ADOPT
+and AdEMAMix code is not packaged). A reference takes other argument names; each row's
+``reference`` maps ours to its."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 import adabelief_pytorch
 import lion_pytorch
 import pytorch_optimizer
+import torch
 
 from helpers import SHAPES
 
@@ -136,3 +138,20 @@ ROWS = [
     # cautious: pytorch-optimizer masks only the fast term, which is the whole step when alpha = 0
     Row("AdEMAMix", {"cautious": True, "alpha": 0.0, "lr": 1e-2}, {"lr": 3e-3}, ademamix_reference),
 ]
+
+
+def grads_at(step: int, params: list[torch.Tensor], skipping: bool, seed: int = 1) -> list[torch.Tensor | None]:
+    """Step ``step``'s gradients; with ``skipping`` the last parameter gets none every 5th step."""
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    out = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in params]
+    if skipping and step % 5 == 4:
+        out[-1] = None
+    return out
+
+
+def run_steps(opt, params, steps: range, skipping: bool) -> None:
+    """Step ``opt`` over ``steps`` of the gradient stream (fresh copies for each optimizer)."""
+    for step in steps:
+        for p, g in zip(params, grads_at(step, params, skipping)):
+            p.grad = None if g is None else g.clone()
+        opt.step()

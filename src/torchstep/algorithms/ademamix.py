@@ -27,8 +27,8 @@ paper's exact form, which differs from it during the warmup by about :math:`10^{
 :math:`\beta_3(t)` for :math:`\beta_3 = 0.9999` (the :math:`10^{-8}` moves
 :math:`\ln\beta_3 \approx -10^{-4}` by :math:`10^{-4}` relative). Weight decay is decoupled, as in the authors' code (which
 folds it into the step: same math, other rounding). The authors' defaults: ``lr=1e-3,
-betas=(0.9, 0.999, 0.9999), alpha=2.0, eps=1e-8``, no warmups (the paper uses
-:math:`\alpha \in [4, 10]` with :math:`T_\alpha = T_3` = the training length for LLMs).
+betas=(0.9, 0.999, 0.9999), alpha=2.0, eps=1e-8``, no warmups (the paper's language-model runs use a
+larger :math:`\alpha`, 5 to 8, with both warmups spanning the whole run).
 
 State: ``step``, ``exp_avg`` (:math:`m^{(1)}`), ``exp_avg_sq`` (:math:`v`), ``exp_avg_slow``
 (:math:`m^{(2)}`). ``cautious=True``: see :mod:`torchstep.core.cautious`; it masks the whole

@@ -22,8 +22,8 @@ with ``decoupled_weight_decay=True`` (the authors' ``decouple``)
 first. The authors' defaults: ``lr=1e-3, betas=(0.9, 0.9999), eps=1e-6``, :math:`c(t)=t^{1/4}`.
 
 State: ``step``, ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`) -- as the authors' code
-(and torch) lay them out. ``clip_lambda`` is a property of the optimizer object, not of a group:
-like the authors', it is not saved in the ``state_dict`` (a function cannot be, portably).
+(and torch) lay them out. ``clip_lambda`` is a property of the optimizer object, not of a group,
+and is not saved in the ``state_dict`` (a function cannot be, portably), as in pytorch-optimizer.
 ``cautious=True``: see :mod:`torchstep.core.cautious`.
 Reference: Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal
 Rate" (NeurIPS 2024), arXiv:2411.02853.
