@@ -18,12 +18,13 @@ reference code's.
 Turn it on with ``cautious=True`` (the modern algorithms' constructors take it), with
 ``"cautious": True`` in a parameter group of any optimizer built on an
 :class:`~torchstep.core.algorithm.Algorithm` (``torchstep.optim.Adam``, ``SGD``, ...), or with
-:func:`make_cautious`.
+:func:`make_cautious`. Optimizers with a step of their own (LBFGS, Adafactor, Muon, Lamb, ...)
+never read the group key; :func:`make_cautious` refuses them.
 
 How it runs: the mask mean is a reduction over each whole tensor, so this is an explicit stage
 around the group's ordinary step, not part of its single fused pass. Per parameter, the stage
-keeps :math:`\theta'` (:math:`\theta_{t-1}` after decoupled decay) and computes the prepared
-gradient; it then zeroes the parameter, hands the backend that gradient, and runs the
+keeps :math:`\theta'` (:math:`\theta_{t-1}` after decoupled decay), computes the prepared
+gradient and creates any missing state; it then zeroes the parameter, hands the backend that gradient, and runs the
 algorithm unchanged (fused kernel or reference path): what lands in the parameter is the
 increment :math:`-\gamma u_t` itself, exact in the parameter's precision (no component is lost
 to rounding against :math:`\theta`, which matters in float32 and more in bfloat16). Finally
@@ -123,11 +124,15 @@ def step_group(opt: Any, group: dict, grad_scale: Any, run: Callable[[Any, dict,
             f"{type(opt).__name__} cannot take cautious updates (cautious=True): its update does more to "
             "the parameter than add an increment independent of it"
         )
+    from ..backends.reference import ensure_state  # a late import: the backends import this module
+
     scale = None if grad_scale is None else float(grad_scale)
     params = [p for p in group["params"] if p.grad is not None]
+    names = opt.algorithm.state_names(group)
     with torch.no_grad():
         kept = [(p, p.grad, *_prepare(p, group, scale)) for p in params]
         for p, _, _, grad in kept:
+            ensure_state(opt.algorithm, p, group, opt.state[p], names)  # state starts from the real p
             p.grad = _backend_grad(grad, group, scale)
             p.zero_()
     try:
