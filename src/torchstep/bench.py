@@ -46,6 +46,8 @@ ALGORITHMS: dict[str, tuple[str, dict, int, bool]] = {
     "adabelief": ("AdaBelief", dict(), 2, False),
     "adopt": ("ADOPT", dict(), 2, False),
     "ademamix": ("AdEMAMix", dict(), 3, False),
+    "sgd_schedulefree": ("SGDScheduleFree", dict(), 1, False),
+    "adamw_schedulefree": ("AdamWScheduleFree", dict(), 2, False),
 }
 
 LAYOUTS = {"1x20M": (1, 20_000_000), "2000x10k": (2000, 10_000)}
@@ -138,6 +140,8 @@ def run_steps(algorithms: list[str], layouts: dict[str, tuple[int, int]], bandwi
                 for p, g in zip(params, grads):
                     p.grad = g
                 opt = make(params)
+                if callable(getattr(opt, "train", None)):
+                    opt.train()  # Schedule-Free optimizers step only in train mode
                 opt.step()
                 opt.step()  # state exists, kernels are built
                 row.peak_extra_mb[path] = _peak_extra_mb(opt.step)
@@ -153,6 +157,8 @@ params = [torch.nn.Parameter(torch.randn({size})) for _ in range({count})]
 for p in params:
     p.grad = torch.randn_like(p)
 opt = O.{cls}(params, **{kwargs!r})
+if callable(getattr(opt, "train", None)):
+    opt.train()
 start = time.perf_counter()
 opt.step()
 print(time.perf_counter() - start)

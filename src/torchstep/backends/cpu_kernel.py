@@ -30,6 +30,9 @@ import torch
 from .trace import Program
 
 CHUNK = 1 << 15
+# -fno-math-errno lets sqrt vectorise; no -ffast-math: IEEE results, as torch's kernels give.
+# $TORCHSTEP_CFLAGS appends flags (part of the cache key).
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
 # dtype -> (compute type, math-function suffix, storage type, load expression, store function)
 _C_TYPES = {
     torch.float32: ("float", "f", "float", "{}", ""),
@@ -109,12 +112,16 @@ def _expr(node: tuple, ref, elem: bool, ctype: str, suffix: str) -> str:
 def uniform_nodes(program: Program) -> list[int]:
     """Indices of the nodes that are the same for every element (constants, arguments and
     arithmetic on them), in program order. The kernel receives their values precomputed."""
+    cached = program.__dict__.get("_uniform")
+    if cached is not None:
+        return cached
     uniform: list[int] = []
     seen: set[int] = set()
     for i, node in enumerate(program.nodes):
         if node[0] in ("const", "arg") or (node[0] != "in" and all(j in seen for j in node[1:] if isinstance(j, int))):
             uniform.append(i)
             seen.add(i)
+    program.__dict__["_uniform"] = uniform
     return uniform
 
 
@@ -132,17 +139,28 @@ def evaluate_uniform(program: Program, args: list) -> list[float]:
     """Values of :func:`uniform_nodes`, computed in Python with the arguments as given (floats or
     0-d tensors), so scalar arithmetic follows torch's rules exactly (e.g. in a tensor lr's dtype)."""
     values: dict[int, object] = {}
-    for i in uniform_nodes(program):
-        op, *a = program.nodes[i]
+    for i, op, fn, a in _uniform_steps(program):
         if op == "const":
             values[i] = a[0]
         elif op == "arg":
             values[i] = args[a[0]]
-        elif op in _PY_OPS:
-            values[i] = _PY_OPS[op](*(values[j] for j in a))
         else:
-            raise ValueError(f"uniform node {op} has no Python form")
+            values[i] = fn(*(values[j] for j in a))
     return [float(v) for v in values.values()]
+
+
+def _uniform_steps(program: Program) -> list[tuple]:
+    """(node, op, Python function, operands) for each uniform node, prepared once per program."""
+    cached = program.__dict__.get("_uniform_steps")
+    if cached is None:
+        cached = []
+        for i in uniform_nodes(program):
+            op, *a = program.nodes[i]
+            if op not in ("const", "arg") and op not in _PY_OPS:
+                raise ValueError(f"uniform node {op} has no Python form")
+            cached.append((i, op, _PY_OPS.get(op), a))
+        program.__dict__["_uniform_steps"] = cached
+    return cached
 
 
 def generate(program: Program, dtype: torch.dtype) -> str:
@@ -197,7 +215,8 @@ def _machine_tag() -> str:
 def load(source: str) -> ctypes.CDLL:
     """Compile ``source`` (or reuse the cached library) and return it loaded."""
     cc = compiler()
-    digest = hashlib.sha256((source + (cc or "") + _machine_tag()).encode()).hexdigest()[:24]
+    flags = FLAGS + os.environ.get("TORCHSTEP_CFLAGS", "").split()
+    digest = hashlib.sha256((source + (cc or "") + " ".join(flags) + _machine_tag()).encode()).hexdigest()[:24]
     if digest in _loaded:
         return _loaded[digest]
     if cc is None:
@@ -209,7 +228,7 @@ def load(source: str) -> ctypes.CDLL:
             src = Path(tmp) / "kernel.c"
             src.write_text(source)
             out = Path(tmp) / "kernel.so"
-            cmd = [cc, "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared", str(src), "-o", str(out)]
+            cmd = [cc, *flags, str(src), "-o", str(out)]
             result = subprocess.run(cmd, capture_output=True, text=True)
             if result.returncode != 0:
                 raise CompilerUnavailable(f"{cc} failed: {result.stderr.strip()[:500]}")

@@ -15,6 +15,7 @@ non-contiguous gradients, unsupported dtypes or devices) go through the referenc
 from __future__ import annotations
 
 import array
+import ctypes
 import functools
 from typing import Any
 
@@ -41,12 +42,12 @@ class CKernel:
     def __init__(self, program, dtype: torch.dtype) -> None:
         self.lib = cpu_kernel.load(cpu_kernel.generate(program, dtype))
 
-    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: torch.Tensor, device=None) -> None:
+    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None) -> None:
         """``tables[k]``: int64 data pointers of operand k (p, g, state...) for every tensor."""
-        table_of_tables = torch.tensor([t.data_ptr() for t in tables], dtype=torch.int64)
+        table_of_tables = (ctypes.c_int64 * len(tables))(*(t.data_ptr() for t in tables))
         chunk_t, chunk_s, chunk_n = _chunks(sizes, cpu_kernel.CHUNK)
         self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(),
-                      table_of_tables.data_ptr(), args.data_ptr(), torch.get_num_threads())
+                      table_of_tables, (ctypes.c_double * len(args))(*args), torch.get_num_threads())
 
 
 class TritonKernel:
@@ -55,9 +56,10 @@ class TritonKernel:
     def __init__(self, program, dtype: torch.dtype, device: torch.device | None = None) -> None:
         self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype))
 
-    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: torch.Tensor, device=None) -> None:
+    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None) -> None:
         chunks = _chunks(sizes, triton_kernel.BLOCK)
-        triton_kernel.launch(self.kernel, torch.cat(tables), len(sizes), chunks, args, device)
+        triton_kernel.launch(self.kernel, torch.cat(tables), len(sizes), chunks,
+                             torch.tensor(args, dtype=torch.float64), device)
 
 
 def kernel_kind(p: torch.Tensor, force_triton: bool = False) -> str | None:
@@ -212,4 +214,4 @@ def _run_bucket(opt, group, plan: Plan, bucket: Bucket, subset, step, first, nam
         pick = torch.tensor(subset, dtype=torch.int64)
         tables = [bucket.tables[0][pick], grad_ptrs, *(t[pick] for t in bucket.tables[1:])]
         sizes = tuple(bucket.sizes[j] for j in subset)
-    runner.run(tables, sizes, torch.tensor(uniform, dtype=torch.float64), plan.params[members[0]].device)
+    runner.run(tables, sizes, uniform, plan.params[members[0]].device)

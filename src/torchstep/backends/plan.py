@@ -10,6 +10,7 @@ contiguous. Anything else rebuilds the plan.
 
 from __future__ import annotations
 
+import array
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,7 @@ class Plan:
 def grad_table(grads: list[torch.Tensor], members: list[int]) -> torch.Tensor:
     """Pointers to this step's gradients of a bucket's members (a complex tensor's real view
     starts at the same address, so no view is needed)."""
-    return torch.tensor([grads[i].data_ptr() for i in members], dtype=torch.int64)
+    return torch.frombuffer(array.array("q", [grads[i].data_ptr() for i in members]), dtype=torch.int64)
 
 
 def pointer_table(tensors: list[torch.Tensor]) -> torch.Tensor:
