@@ -179,3 +179,34 @@ def test_setup_errors_name_the_problem():
         parse_setup("Adam(**{'lr': 1})", 10)
     with pytest.raises(SetupError, match="warmup_cosine"):
         parse_setup("Adam()+warmup_cosine(warmup=5, total=3)", 10)
+
+
+def test_every_modern_preset_builds_and_steps():
+    """Each extra preset (the modern algorithms) parses, builds its optimizer and takes steps,
+    Schedule-Free ones in train mode."""
+    import torch
+
+    from torchstep.cli.compare import _mode
+    from torchstep.cli.setups import EXTRA_PRESETS, parse_setup
+    from torchstep.tasks import digits_model
+
+    for name in EXTRA_PRESETS:
+        setup = parse_setup(name, steps=20)
+        model = digits_model()
+        opt = setup.make_optimizer(model.parameters())
+        _mode(opt, True)
+        before = [p.detach().clone() for p in model.parameters()]
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(4, 64)).pow(2).mean().backward()
+            opt.step()
+        _mode(opt, False)
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), name
+
+
+def test_compare_runs_a_schedule_free_setup(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "torchstep.cli", "compare", "--setup", "schedulefree-adamw", "--epochs", "1",
+         "--no-progress", "--no-plot"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| schedulefree-adamw" in result.stdout

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .setups import PRESETS
+from .setups import EXTRA_PRESETS, PRESETS
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 32
@@ -30,7 +30,8 @@ class Run:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    presets = "\n".join(f"  {name:<15} {spec}" for name, spec in PRESETS.items())
+    presets = "\n".join(f"  {name:<19} {spec}" for name, spec in PRESETS.items())
+    presets += "\nMore presets (by name): " + ", ".join(EXTRA_PRESETS)
     p = sub.add_parser(
         "compare",
         help="train a small model on digits with several optimizer + schedule setups; table and plot",
@@ -58,6 +59,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _mode(opt, train: bool) -> None:
+    """Schedule-Free optimizers keep two sets of weights: train mode for steps, eval mode for
+    evaluating (their ``train()`` / ``eval()``); other optimizers have no such switch."""
+    switch = getattr(opt, "train" if train else "eval", None)
+    if callable(switch):
+        switch()
+
+
 def _warm_up(setup, data) -> None:
     """One step on a throwaway model: checks the optimizer's arguments before any run starts, and
     compiles (or loads) the fused kernel outside the timing."""
@@ -69,6 +78,7 @@ def _warm_up(setup, data) -> None:
     model = digits_model()
     opt = setup.make_optimizer(param_groups(model))
     torch.nn.functional.cross_entropy(model(data.x_train[:8]), data.y_train[:8]).backward()
+    _mode(opt, True)
     try:
         opt.step()
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -90,6 +100,7 @@ def _train(setup, data, args, tqdm) -> Run:
     bar = tqdm(total=args.epochs * per_epoch, desc=setup.label, unit="step", file=sys.stderr,
                disable=args.no_progress, mininterval=0.25, leave=True)
     start = time.perf_counter()
+    _mode(opt, True)
     for _ in range(args.epochs):
         order = torch.randperm(n, generator=gen)
         for first in range(0, n, args.batch_size):
@@ -109,6 +120,7 @@ def _train(setup, data, args, tqdm) -> Run:
     run.wall_s = time.perf_counter() - start
     bar.close()
     run.final_loss = sum(run.losses[-per_epoch:]) / per_epoch
+    _mode(opt, False)
     with torch.no_grad():
         logits = model(data.x_val)
     run.val_loss = torch.nn.functional.cross_entropy(logits, data.y_val).item()

@@ -33,7 +33,24 @@ PRESETS = {
     "radam-onecycle": "RAdam(lr=3e-3)+OneCycleLR()",
     "adafactor": "Adafactor(lr=1e-2)+warmup_linear(warmup=0.05)",
 }
-OPTIMIZERS = tuple(n for n in optim.__all__ if n not in ("Optimizer", "swa_utils", "LBFGS", "SparseAdam"))
+# the modern algorithms, by name (`--setup lion`); not in the default run, to keep it short
+EXTRA_PRESETS = {
+    "lion": "Lion(lr=1e-3, weight_decay=0.1)+warmup_cosine(warmup=0.05)",
+    "adan": "Adan(lr=3e-3)+warmup_cosine(warmup=0.05)",
+    "adabelief": "AdaBelief(lr=1e-3)",
+    "adopt": "ADOPT(lr=1e-3)",
+    "ademamix": "AdEMAMix(lr=1e-3)+warmup_cosine(warmup=0.05)",
+    "schedulefree-adamw": "AdamWScheduleFree(lr=3e-3, warmup_steps=50)",
+    "schedulefree-sgd": "SGDScheduleFree(lr=0.5, warmup_steps=50)",
+    "prodigy": "Prodigy(lr=1.0)",
+    "lamb": "Lamb(lr=1e-2)+warmup_cosine(warmup=0.05)",
+    "lars": "LARS(lr=0.5)+warmup_cosine(warmup=0.05)",
+    "lion-cautious": "Lion(lr=1e-3, weight_decay=0.1, cautious=True)+warmup_cosine(warmup=0.05)",
+}
+# classes a setup can build from parameters alone (LBFGS needs a closure, SparseAdam sparse
+# gradients, Lookahead an inner optimizer)
+OPTIMIZERS = tuple(n for n in optim.__all__
+                   if n not in ("Optimizer", "swa_utils", "lr_scheduler", "LBFGS", "SparseAdam", "Lookahead"))
 _RUN_LR = ("peak", "max_lr")
 _RUN_STEPS = ("total", "T_max", "total_steps")
 
@@ -112,12 +129,13 @@ def _fill_schedule(call: ast.Call, lr: float, steps: int, text: str) -> ast.Call
 
 def parse_setup(text: str, steps: int) -> Setup:
     """A :class:`Setup` from a preset name or an ``Optimizer(...)[+schedule(...)]`` string."""
-    label, spec = (text, PRESETS[text]) if text in PRESETS else (text.replace(" ", ""), text)
+    known = {**PRESETS, **EXTRA_PRESETS}
+    label, spec = (text, known[text]) if text in known else (text.replace(" ", ""), text)
     try:
         tree = ast.parse(spec.strip(), mode="eval").body
     except SyntaxError as err:
         raise SetupError(f"{text!r} is not Optimizer(...)+schedule(...) ({err.msg}); presets: "
-                         f"{', '.join(PRESETS)}") from None
+                         f"{', '.join(known)}") from None
     opt_node, sched_node = (tree.left, tree.right) if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Add) \
         else (tree, None)
     opt_call = _call(opt_node, text, "an optimizer call")
