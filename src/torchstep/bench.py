@@ -50,6 +50,10 @@ ALGORITHMS: dict[str, tuple[str, dict, int, bool]] = {
     "ademamix": ("AdEMAMix", dict(), 3, False),
     "sgd_schedulefree": ("SGDScheduleFree", dict(), 1, False),
     "adamw_schedulefree": ("AdamWScheduleFree", dict(), 2, False),
+    # not element-wise (a per-tensor trust ratio; Prodigy's global sums): no single fused pass
+    "lamb": ("Lamb", dict(), 2, False),
+    "lars": ("LARS", dict(), 1, False),
+    "prodigy": ("Prodigy", dict(), 4, False),
 }
 
 LAYOUTS = {"1x20M": (1, 20_000_000), "2000x10k": (2000, 10_000)}
