@@ -9,16 +9,9 @@ import time
 import torch
 
 import torchstep.optim
-from torchstep.tasks import digits_model, load_digits, train
+from torchstep.tasks import DROP_IN_SETUPS, digits_model, load_digits, train
 
-SETUPS = {
-    "SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
-    "Adam": dict(lr=3e-3),
-    "AdamW": dict(lr=3e-3, weight_decay=0.05, amsgrad=True),
-    "Adagrad": dict(lr=0.05, lr_decay=1e-3),
-    "Adadelta": dict(lr=1.0),
-    "RMSprop": dict(lr=1e-3, centered=True, momentum=0.5),
-}
+SETUPS = DROP_IN_SETUPS
 
 
 def main() -> None:

@@ -4,21 +4,9 @@ import pytest
 import torch
 
 import torchstep.optim as ts_optim
-from torchstep.tasks import digits_model, load_digits, train
+from torchstep.tasks import DROP_IN_SETUPS, digits_model, load_digits, train
 
-SETUPS = {
-    "SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
-    "Adam": dict(lr=3e-3),
-    "AdamW": dict(lr=3e-3, weight_decay=0.05, amsgrad=True),
-    "Adagrad": dict(lr=0.05, lr_decay=1e-3),
-    "Adadelta": dict(lr=1.0),
-    "RMSprop": dict(lr=1e-3, centered=True, momentum=0.5),
-    "Adamax": dict(lr=2e-3, weight_decay=1e-4),
-    "NAdam": dict(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True),
-    "RAdam": dict(lr=1e-2, betas=(0.9, 0.99)),
-    "ASGD": dict(lr=0.05, t0=100),
-    "Rprop": dict(lr=1e-3),
-}
+SETUPS = DROP_IN_SETUPS
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,23 @@ from typing import Callable
 import torch
 
 
+# one option-rich setup per classic algorithm: the demo and the training test run each with
+# torch.optim and with torchstep.optim and expect the same losses
+DROP_IN_SETUPS = {
+    "SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "Adam": dict(lr=3e-3),
+    "AdamW": dict(lr=3e-3, weight_decay=0.05, amsgrad=True),
+    "Adagrad": dict(lr=0.05, lr_decay=1e-3),
+    "Adadelta": dict(lr=1.0),
+    "RMSprop": dict(lr=1e-3, centered=True, momentum=0.5),
+    "Adamax": dict(lr=2e-3, weight_decay=1e-4),
+    "NAdam": dict(lr=2e-3, weight_decay=1e-2, decoupled_weight_decay=True),
+    "RAdam": dict(lr=1e-2, betas=(0.9, 0.99)),
+    "ASGD": dict(lr=0.05, t0=100),
+    "Rprop": dict(lr=1e-3),
+}
+
+
 @dataclass
 class Split:
     x_train: torch.Tensor
