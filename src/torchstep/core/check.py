@@ -11,7 +11,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["at_least", "below", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags"]
+__all__ = [
+    "at_least", "below", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
+    "no_tensor_hyper_with_foreach", "should_be", "one_of", "whole_number", "dense_real", "pair",
+    "betas_sequence", "callable_or_none", "positive_int_or_none",
+]
 
 
 def _value(x: Any) -> float:
