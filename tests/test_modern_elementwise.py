@@ -222,10 +222,13 @@ def test_complex_parameters_move_as_pairs_of_reals():
 
 def test_bench_covers_the_modern_algorithms():
     """``torchstep bench`` times them; torch.optim has none, so its columns read "-"."""
-    from torchstep.bench import ALGORITHMS, format_table, run_steps
+    from torchstep.bench import ALGORITHMS, format_table, run_steps, set_bounds
 
     assert {"Lion", "Adan", "AdaBelief", "ADOPT", "AdEMAMix"} <= {cls for cls, *_ in ALGORITHMS.values()}
-    rows = run_steps(["lion_cautious", "adam"], {"2x1k": (2, 1000)}, bandwidth=1e10, repeat=1)
+    samples = []
+    rows = run_steps(["lion_cautious", "adam"], {"2x1k": (2, 1000)}, samples, repeat=1)
+    assert len(samples) == 2 and all(s > 0 for s in samples)
+    set_bounds(rows, 1e10)
     assert set(rows[0].times_ms) == {"torchstep"} and "torch for-loop" in rows[1].times_ms
     table = format_table(rows, 1e10, {})
     assert "| lion_cautious | 2x1k |" in table and "| - | - | - |" in table
