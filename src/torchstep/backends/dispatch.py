@@ -132,7 +132,7 @@ def fused_stages(opt: Any, group: dict, params: list[torch.Tensor]) -> list[torc
     if plan.params:
         try:
             opt.fused_group(group, plan.params, force_triton, plan.cache)
-        except cpu_kernel.CompilerUnavailable as exc:
+        except cpu_kernel.CompilerUnavailable as exc:  # in practice at the first kernel, before any write
             _warn_once(opt, str(exc))
             return params
     return plan.leftover
