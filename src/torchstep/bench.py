@@ -50,7 +50,8 @@ ALGORITHMS: dict[str, tuple[str, dict, int, bool]] = {
     "ademamix": ("AdEMAMix", dict(), 3, False),
     "sgd_schedulefree": ("SGDScheduleFree", dict(), 1, False),
     "adamw_schedulefree": ("AdamWScheduleFree", dict(), 2, False),
-    # not element-wise (a per-tensor trust ratio; Prodigy's global sums): no single fused pass
+    # not element-wise: LAMB and LARS take two fused passes (a per-tensor trust ratio between them), so
+    # the one-pass bound is out of their reach; Prodigy (global sums) is not fused
     "lamb": ("Lamb", dict(), 2, False),
     "lars": ("LARS", dict(), 1, False),
     "prodigy": ("Prodigy", dict(), 4, False),

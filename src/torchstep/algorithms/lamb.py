@@ -25,8 +25,11 @@ parameter groups: ``{"params": ..., "trust_ratio": False, "weight_decay": 0.0}``
 take plain Adam steps (:math:`\rho_t = 1`) without decay.
 
 Not element-wise: the trust ratio needs two norms of each tensor between the moment update and
-the parameter step, so LAMB is a per-tensor stage
-(:class:`~torchstep.algorithms.per_tensor.PerTensorOptimizer`), not fused.
+the parameter step. ``lamb_update`` is the tensor-by-tensor definition (the reference path); the
+fused path (:mod:`torchstep.backends.staged`) runs the same element-wise pieces
+(``lamb_moments_``, ``lamb_direction``) as two passes over memory: moments plus the sums of
+squares of :math:`\theta` and :math:`u_t` (recomputed, never stored), then -- with
+:math:`\rho_t` computed per tensor from those sums -- :math:`u_t` again and the parameter step.
 State: ``step``, ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`). Dense, real tensors only.
 Defaults are the paper's (:math:`\beta = (0.9, 0.999)`, :math:`\epsilon = 10^{-6}`; its BERT runs
 use :math:`\lambda = 0.01`). The norm clip :math:`c = 10` and the :math:`\epsilon` in the
@@ -43,41 +46,76 @@ import math
 
 import torch
 
+from ..backends import staged
 from ..backends.reference import new_step_tensor
 from ..core import check
 from .adamax import adam_like_checks
 from .per_tensor import PerTensorOptimizer
 
 
-def trust_scaled_(u: torch.Tensor, weight_norm: torch.Tensor, denominator: torch.Tensor, numerator: torch.Tensor) -> None:
-    """``u <- u * numerator / denominator`` in place, or unchanged where ``weight_norm`` or
-    ``denominator`` is 0 (a fresh zero tensor, a zero gradient): the ratio is then 1. No sync."""
+def trust(weight_norm: torch.Tensor, denominator: torch.Tensor, numerator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, or 1 where ``weight_norm`` or ``denominator`` is 0 (a fresh
+    zero tensor, a zero gradient). Element-wise, so it serves one tensor's norms or a vector of
+    every tensor's. No sync."""
     ok = (weight_norm > 0) & (denominator > 0)
-    u.mul_(torch.where(ok, numerator / torch.where(ok, denominator, 1.0), 1.0))
+    return torch.where(ok, numerator / torch.where(ok, denominator, 1.0), 1.0)
 
 
-def lamb_update(p, g, exp_avg, exp_avg_sq, step, *, lr, beta1, beta2, eps, weight_decay, bias_correction,
-                decoupled_weight_decay, trust_ratio, max_weight_norm) -> None:
-    """One LAMB step of one tensor (see module docstring)."""
-    step += 1
+def lamb_moments_(g, exp_avg, exp_avg_sq, *, beta1, beta2) -> None:
     exp_avg.lerp_(g, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    if bias_correction:
-        t = step.item()
-        u = (exp_avg / (1 - beta1**t)) / (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**t) + eps)
-    else:
+
+
+def lamb_direction(p, exp_avg, exp_avg_sq, *, eps, bias1, bias2_sqrt, l2):
+    r""":math:`u_t` before the trust ratio; ``bias1`` None without bias correction, ``l2`` None
+    without coupled weight decay."""
+    if bias1 is None:
         u = exp_avg / (exp_avg_sq.sqrt() + eps)
-    if weight_decay != 0:
-        if decoupled_weight_decay:
-            p.mul_(1 - lr * weight_decay)
-        else:
-            u.add_(p, alpha=weight_decay)
+    else:
+        u = (exp_avg / bias1) / (exp_avg_sq.sqrt() / bias2_sqrt + eps)
+    return u if l2 is None else u.add_(p, alpha=l2)
+
+
+def _options(group: dict) -> dict:
+    """The structure and numbers both paths take from a group: ``l2`` and ``decay`` (the
+    decoupled factor) are None when unused."""
+    wd, lr = group["weight_decay"], float(group["lr"])
+    coupled = wd != 0 and not group["decoupled_weight_decay"]
+    decoupled = wd != 0 and group["decoupled_weight_decay"]
+    return dict(l2=wd if coupled else None, decay=1 - lr * wd if decoupled else None)
+
+
+def lamb_update(p, g, exp_avg, exp_avg_sq, step, *, lr, beta1, beta2, eps, l2, decay, bias_correction, trust_ratio,
+                max_weight_norm) -> None:
+    """One LAMB step of one tensor (see module docstring)."""
+    step += 1
+    lamb_moments_(g, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2)
+    t = step.item()
+    bias1, bias2_sqrt = (1 - beta1**t, math.sqrt(1 - beta2**t)) if bias_correction else (None, None)
+    if decay is not None:
+        p.mul_(decay)
+    u = lamb_direction(p, exp_avg, exp_avg_sq, eps=eps, bias1=bias1, bias2_sqrt=bias2_sqrt, l2=l2)
     if trust_ratio:
         weight_norm = torch.linalg.vector_norm(p)
         if max_weight_norm is not None:
             weight_norm = weight_norm.clamp(max=max_weight_norm)
-        trust_scaled_(u, weight_norm, torch.linalg.vector_norm(u) + eps, weight_norm)
+        u.mul_(trust(weight_norm, torch.linalg.vector_norm(u) + eps, weight_norm))
     p.add_(u, alpha=-lr)
+
+
+def lamb_first_pass(p, g, exp_avg, exp_avg_sq, *, beta1, beta2, maximize, decay, **direction) -> dict:
+    r"""Fused pass 1: the moments, and what the ratio's norms sum (:math:`\theta` after decay, :math:`u_t`)."""
+    lamb_moments_(-g if maximize else g, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2)
+    p = p if decay is None else p * decay
+    return {"weight": p, "update": lamb_direction(p, exp_avg, exp_avg_sq, **direction)}
+
+
+def lamb_second_pass(p, exp_avg, exp_avg_sq, *, lr, decay, ratio=None, **direction) -> None:
+    r"""Fused pass 2: :math:`u_t` recomputed from the new moments, scaled by the per-tensor ratio."""
+    if decay is not None:
+        p.mul_(decay)
+    u = lamb_direction(p, exp_avg, exp_avg_sq, **direction)
+    p.add_(u if ratio is None else u * ratio, alpha=-lr)
 
 
 class Lamb(PerTensorOptimizer):
@@ -102,10 +140,33 @@ class Lamb(PerTensorOptimizer):
 
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         beta1, beta2 = group["betas"]
-        hyper = {k: group[k] for k in ("eps", "weight_decay", "bias_correction", "decoupled_weight_decay",
-                                       "trust_ratio", "max_weight_norm")}
+        hyper = {k: group[k] for k in ("eps", "bias_correction", "trust_ratio", "max_weight_norm")}
         for p in params:
             g = -p.grad if group["maximize"] else p.grad
             state = self.state[p]
             lamb_update(p, g, state["exp_avg"], state["exp_avg_sq"], state["step"], lr=float(group["lr"]), beta1=beta1,
-                        beta2=beta2, **hyper)
+                        beta2=beta2, **_options(group), **hyper)
+
+    def fused_group(self, group: dict, params: list[torch.Tensor], force_triton: bool, cache: dict) -> None:
+        """The step of ``update_group`` as two fused passes (see module docstring)."""
+        (beta1, beta2), eps, states = group["betas"], group["eps"], [self.state[p] for p in params]
+        counts = self.__dict__.setdefault("_step_counts", {}).setdefault(id(group), staged.StepCounts())
+        ts = counts.next(params, states)
+        bias = {}
+        if group["bias_correction"]:
+            bias = {"bias1": torch.tensor([1 - beta1**t for t in ts], dtype=torch.float64),
+                    "bias2_sqrt": torch.tensor([math.sqrt(1 - beta2**t) for t in ts], dtype=torch.float64)}
+        scalars = dict(eps=eps, **_options(group), **({} if bias else dict(bias1=None, bias2_sqrt=None)))
+        moments = {n: [s[n] for s in states] for n in ("exp_avg", "exp_avg_sq")}
+        sums = staged.run_pass(lamb_first_pass, {"p": params, "g": [p.grad for p in params], **moments},
+                               tuple(moments), dict(beta1=beta1, beta2=beta2, maximize=group["maximize"], **scalars),
+                               bias, force_triton, cache)
+        counts.bump()
+        ratio = None
+        if group["trust_ratio"]:
+            weight_norm = staged.norms_in(sums["weight"], params)
+            if group["max_weight_norm"] is not None:
+                weight_norm = weight_norm.clamp(max=group["max_weight_norm"])
+            ratio = trust(weight_norm, staged.norms_in(sums["update"], params) + eps, weight_norm)
+        staged.run_pass(lamb_second_pass, {"p": params, **moments}, ("p",), dict(lr=float(group["lr"]), **scalars),
+                        {**bias, **({} if ratio is None else {"ratio": ratio})}, force_triton, cache)

@@ -4,7 +4,9 @@ One kernel call updates a whole bucket (a list of same-dtype CPU tensors): the w
 chunks of at most ``CHUNK`` elements, OpenMP threads take chunks, and each chunk is one
 vectorisable loop that reads every operand once and writes every updated tensor once.
 Tensors stay where they are (no flattening copy): the kernel receives, per operand, a table of
-data pointers.
+data pointers; after them one table of doubles per per-tensor scalar (read once per chunk).
+A program with reductions also writes, per chunk, the sum of squares of each reduced expression
+(accumulated in double) to ``sums[r * nchunks + chunk]``; the caller adds chunks up per tensor.
 
 Compilation uses the system C compiler (``$CC`` or ``cc``) with ``-O3 -march=native -fopenmp``;
 a kernel is compiled once per program and dtype and cached on disk (``$TORCHSTEP_CACHE`` or
@@ -118,7 +120,7 @@ def uniform_nodes(program: Program) -> list[int]:
     uniform: list[int] = []
     seen: set[int] = set()
     for i, node in enumerate(program.nodes):
-        if node[0] in ("const", "arg") or (node[0] != "in" and all(j in seen for j in node[1:] if isinstance(j, int))):
+        if node[0] in ("const", "arg") or (node[0] not in ("in", "tin") and all(j in seen for j in node[1:] if isinstance(j, int))):
             uniform.append(i)
             seen.add(i)
     program.__dict__["_uniform"] = uniform
@@ -170,32 +172,41 @@ def generate(program: Program, dtype: torch.dtype) -> str:
     slots = {node: k for k, node in enumerate(uniform_nodes(program))}
     head = [f"  const {ctype} c{i} = ({ctype})args[{k}];" for i, k in slots.items()]
     body = []
+    ref = lambda j: f"c{j}" if j in slots else f"v{j}"  # noqa: E731
     for i, node in enumerate(program.nodes):
         if i in slots:
             continue
         if node[0] == "in":
             body.append(f"      const {ctype} v{i} = {load_fmt.format(f'x{node[1]}[i]')};")
+        elif node[0] == "tin":
+            body.append(f"      const {ctype} v{i} = s{node[1]};")
         else:
-            ref = lambda j: f"c{j}" if j in slots else f"v{j}"  # noqa: E731
             body.append(f"      const {ctype} v{i} = {_expr(node, ref, True, ctype, suffix)};")
     stores = [f"      x{program.inputs.index(n)}[i] = {store_fn}({'c' if j in slots else 'v'}{j});"
               for n, j in program.outputs.items()]
-    ptrs = [f"    {storage} *restrict x{k} = (({storage} *const *)ptrs[{k}])[t] + start;" for k in range(len(program.inputs))]
+    nin = len(program.inputs)
+    ptrs = [f"    {storage} *restrict x{k} = (({storage} *const *)ptrs[{k}])[t] + start;" for k in range(nin)]
+    ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{nin + k}])[t];"
+             for k in range(len(program.per_tensor))]
+    sums = [f"r{r}" for r in range(len(program.reductions))]
+    body += [f"      {{ const double d = (double){ref(j)}; r{r} += d * d; }}" for r, j in enumerate(program.reductions.values())]
     return "\n".join([
         "#include <math.h>",
         "#include <stdint.h>",
         _HALF_HELPERS if dtype in (torch.bfloat16, torch.float16) else "",
         "void step(int64_t nchunks, const int64_t *chunk_tensor, const int64_t *chunk_start, const int64_t *chunk_len,",
-        "          void *const *const *ptrs, const double *args, int nthreads) {",
+        "          void *const *const *ptrs, const double *args, double *sums, int nthreads) {",
         *head,
         "  #pragma omp parallel for schedule(static) num_threads(nthreads)",
         "  for (int64_t c = 0; c < nchunks; ++c) {",
         "    const int64_t t = chunk_tensor[c], start = chunk_start[c], n = chunk_len[c];",
         *ptrs,
-        "    #pragma omp simd",
+        *(f"    double {r} = 0;" for r in sums),
+        "    #pragma omp simd" + (f" reduction(+:{','.join(sums)})" if sums else ""),
         "    for (int64_t i = 0; i < n; ++i) {",
         *body, *stores,
         "    }",
+        *(f"    sums[{r} * nchunks + c] = r{r};" for r in range(len(sums))),
         "  }",
         "}",
         "",
@@ -236,6 +247,6 @@ def load(source: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     lib.step.restype = None
     lib.step.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_void_p, ctypes.c_int]
+                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     _loaded[digest] = lib
     return lib

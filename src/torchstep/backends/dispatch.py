@@ -5,7 +5,8 @@ path, as in torch. Where the fused path cannot run -- ``differentiable=True``, n
 device or dtype without a kernel, an update the tracer cannot model -- the step uses the
 reference path and warns once per optimizer, naming the reason. Sparse or non-contiguous
 gradients take the reference path silently (they are a different algorithm path, as in torch).
-A group with ``cautious=True`` runs its ordinary step inside the cautious stage of
+Per-tensor algorithms with fused stages (LAMB, LARS) go through :func:`fused_stages`, with the
+same choices and fallbacks. A group with ``cautious=True`` runs its ordinary step inside the cautious stage of
 :mod:`torchstep.core.cautious`.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from ..core import cautious
-from . import cpu_kernel, fused, reference
+from . import cpu_kernel, fused, reference, staged
 from .trace import NotTraceable
 
 _untraceable: dict[str, str] = {}
@@ -60,8 +61,9 @@ def _fused_off(opt: Any, group: dict) -> tuple[bool, str | None]:
         return False, None
     if group.get("differentiable", False):
         return False, "differentiable=True needs autograd to record the update"
-    if opt.algorithm.name in _untraceable:
-        return False, _untraceable[opt.algorithm.name]
+    name = getattr(getattr(opt, "algorithm", None), "name", None)
+    if name in _untraceable:
+        return False, _untraceable[name]
     if _forced[-1] != "triton" and cpu_kernel.compiler() is None:
         return False, "no C compiler found (set $CC or install gcc/clang)"
     return True, None
@@ -109,3 +111,28 @@ def _step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
     params = [p for p in group["params"] if p.grad is not None]
     _unscale(params, grad_scale)
     reference.step_group(opt, group, params)
+
+
+def fused_stages(opt: Any, group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run ``opt.fused_group(group, params, force_triton, cache)`` (a per-tensor algorithm's fused
+    passes) over the parameters it can take; returns those left for its per-tensor path."""
+    use_fused, reason = _fused_off(opt, group)
+    if not use_fused:
+        if reason is not None:
+            _warn_once(opt, reason)
+        return params
+    force_triton = _forced[-1] == "triton"
+    plans = opt.__dict__.setdefault("_fused_plans", {})
+    plan = plans.get((id(group), force_triton))
+    if plan is None or plan.still_valid(params, plan.names) is None:
+        plan = plans[(id(group), force_triton)] = staged.StagePlan.build(opt, params, force_triton)
+        for p in plan.leftover:
+            if not fused.can_fuse_device_dtype(p, force_triton):
+                _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
+    if plan.params:
+        try:
+            opt.fused_group(group, plan.params, force_triton, plan.cache)
+        except cpu_kernel.CompilerUnavailable as exc:  # in practice at the first kernel, before any write
+            _warn_once(opt, str(exc))
+            return params
+    return plan.leftover

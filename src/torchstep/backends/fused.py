@@ -42,12 +42,15 @@ class CKernel:
     def __init__(self, program, dtype: torch.dtype) -> None:
         self.lib = cpu_kernel.load(cpu_kernel.generate(program, dtype))
 
-    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None) -> None:
-        """``tables[k]``: int64 data pointers of operand k (p, g, state...) for every tensor."""
+    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None,
+            sums: torch.Tensor | None = None) -> None:
+        """``tables[k]``: int64 data pointers of operand k (p, g, state...) for every tensor, then
+        the per-tensor scalars (float64); ``sums``: (reductions, chunks) float64 output, if any."""
         table_of_tables = (ctypes.c_int64 * len(tables))(*(t.data_ptr() for t in tables))
         chunk_t, chunk_s, chunk_n = _chunks(sizes, cpu_kernel.CHUNK)
-        self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(),
-                      table_of_tables, (ctypes.c_double * len(args))(*args), torch.get_num_threads())
+        self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(), table_of_tables,
+                      (ctypes.c_double * len(args))(*args), None if sums is None else sums.data_ptr(),
+                      torch.get_num_threads())
 
 
 class TritonKernel:
@@ -56,10 +59,12 @@ class TritonKernel:
     def __init__(self, program, dtype: torch.dtype, device: torch.device | None = None) -> None:
         self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype))
 
-    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None) -> None:
+    def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None,
+            sums: torch.Tensor | None = None) -> None:
+        """As :meth:`CKernel.run`; per-tensor scalars arrive as float64 tables viewed as int64."""
         chunks = _chunks(sizes, triton_kernel.BLOCK)
-        triton_kernel.launch(self.kernel, torch.cat(tables), len(sizes), chunks,
-                             torch.tensor(args, dtype=torch.float64), device)
+        ptrs = torch.cat([t.view(torch.int64).to(device) for t in tables])
+        triton_kernel.launch(self.kernel, ptrs, len(sizes), chunks, torch.tensor(args, dtype=torch.float64), device, sums)
 
 
 def kernel_kind(p: torch.Tensor, force_triton: bool = False) -> str | None:

@@ -7,6 +7,11 @@ to the new node. The result is a small SSA program per element -- inputs (parame
 state), runtime scalars (lr, bias corrections, ...), and the final value of every tensor the
 update wrote -- that a code generator turns into one loop over memory.
 
+Two extensions serve algorithms that are not purely element-wise (LAMB, LARS): *per-tensor
+scalars* (``per_tensor`` names; one value per tensor of a bucket, e.g. a trust ratio; node
+``("tin", k)``) and *reductions* (a traced function may return ``{name: expression}``; the kernel
+then also yields, per tensor, the sum of squares of each expression, accumulated in double).
+
 Booleans and ``None`` stay concrete during tracing (they choose the program's structure, e.g.
 ``nesterov`` or whether ``max_exp_avg_sq`` exists); numbers become runtime scalar arguments, so a
 changing lr never builds a new kernel.
@@ -33,9 +38,12 @@ class Program:
     scalars: list[str]
     nodes: list[tuple] = field(default_factory=list)
     outputs: dict[str, int] = field(default_factory=dict)
+    per_tensor: list[str] = field(default_factory=list)
+    reductions: dict[str, int] = field(default_factory=dict)  # name -> node whose square is summed per tensor
 
     def key(self) -> tuple:
-        return (tuple(self.inputs), tuple(self.scalars), tuple(self.nodes), tuple(sorted(self.outputs.items())))
+        return (tuple(self.inputs), tuple(self.scalars), tuple(self.nodes), tuple(sorted(self.outputs.items())),
+                tuple(self.per_tensor), tuple(self.reductions.items()))
 
 
 class _Tracer:
@@ -202,17 +210,23 @@ _TORCH_FUNCTIONS: dict[Callable, Callable] = {
 }
 
 
-def trace(fn: Callable[..., None], inputs: list[str], written: list[str], scalars: dict[str, Any]) -> Program:
+def trace(fn: Callable[..., Any], inputs: list[str], written: list[str], scalars: dict[str, Any],
+          per_tensor: tuple[str, ...] = ()) -> Program:
     """Run ``fn(**element_placeholders, **scalar_placeholders)`` and return its program.
 
     ``inputs`` are per-element operands (e.g. ``p``, ``g``, state names); ``written`` those whose
     final value must be stored; ``scalars`` maps a name to its value: numbers become runtime
-    arguments, booleans/None/strings stay concrete.
+    arguments, booleans/None/strings stay concrete; ``per_tensor`` names further scalars whose
+    value differs from tensor to tensor. A ``{name: expression}`` returned by ``fn`` becomes the
+    program's reductions (per-tensor sums of squares).
     """
     numeric = [k for k, v in scalars.items() if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool)]
     tracer = _Tracer(inputs, numeric)
+    tracer.program.per_tensor = list(per_tensor)
     element = {n: Sym(tracer, tracer.node("in", i), False) for i, n in enumerate(inputs)}
     args = {k: (Sym(tracer, tracer.node("arg", numeric.index(k)), True) if k in numeric else v) for k, v in scalars.items()}
-    fn(**element, **args)
+    args.update({k: Sym(tracer, tracer.node("tin", i), False) for i, k in enumerate(per_tensor)})
+    reduced = fn(**element, **args) or {}
     tracer.program.outputs = {n: element[n].node for n in written if element[n].node != tracer.node("in", inputs.index(n))}
+    tracer.program.reductions = {k: _ref(tracer, v) for k, v in reduced.items()}
     return tracer.program

@@ -4,6 +4,8 @@ The same program the C backend compiles for CPUs becomes one Triton kernel: one 
 instance per chunk of at most ``BLOCK`` elements of one tensor, so a whole bucket -- one large
 tensor or thousands of small ones -- is a single launch. Operands arrive as tables of data
 pointers (as in the C kernel); scalars as a float64 vector of the program's uniform values.
+Per-tensor scalars are further tables (float64 bits), loaded once per program instance;
+reductions are stored per chunk (``sums[r * chunks + chunk]``, float64), as in the C kernel.
 Division and square root use the correctly rounded forms (``div_rn``, ``sqrt_rn``) to agree
 with torch's element-wise kernels.
 
@@ -83,7 +85,7 @@ def generate(program: Program, dtype: torch.dtype) -> str:
         "import triton.language as tl",
         "",
         "@triton.jit",
-        "def step(chunk_tensor, chunk_start, chunk_len, ptrs, args, NT, BLOCK: tl.constexpr):",
+        "def step(chunk_tensor, chunk_start, chunk_len, ptrs, args, sums, NT, BLOCK: tl.constexpr):",
         "    c = tl.program_id(0)",
         "    t = tl.load(chunk_tensor + c)",
         "    start = tl.load(chunk_start + c)",
@@ -92,6 +94,9 @@ def generate(program: Program, dtype: torch.dtype) -> str:
     ]
     for k in range(len(program.inputs)):
         lines.append(f"    x{k} = tl.load(ptrs + {k} * NT + t).to(tl.pointer_type({storage})) + start + offs")
+    nin = len(program.inputs)
+    for k in range(len(program.per_tensor)):
+        lines.append(f"    s{k} = tl.load(ptrs + {nin + k} * NT + t).to(tl.float64, bitcast=True).to({tl_type})")
     for i, k in slots.items():
         lines.append(f"    c{i} = tl.load(args + {k}).to({tl_type})")
     for i, node in enumerate(program.nodes):
@@ -99,11 +104,17 @@ def generate(program: Program, dtype: torch.dtype) -> str:
             continue
         if node[0] == "in":
             lines.append(f"    v{i} = tl.load(x{node[1]}, mask=mask).to({tl_type})")
+        elif node[0] == "tin":
+            lines.append(f"    v{i} = s{node[1]}")
         else:
             lines.append(f"    v{i} = {_expr(node, lambda j: f'c{j}' if j in slots else f'v{j}', tl_type)}")
     for name, j in program.outputs.items():
         value = f"c{j}" if j in slots else f"v{j}"
         lines.append(f"    tl.store(x{program.inputs.index(name)}, ({value}).to({storage}), mask=mask)")
+    for r, j in enumerate(program.reductions.values()):
+        value = f"c{j}" if j in slots else f"v{j}"
+        lines.append(f"    d{r} = tl.where(mask, ({value}).to(tl.float64), 0.0)")
+        lines.append(f"    tl.store(sums + {r} * tl.num_programs(0) + c, tl.sum(d{r} * d{r}, axis=0))")
     return "\n".join(lines) + "\n"
 
 
@@ -120,9 +131,11 @@ def load(source: str) -> Any:
 
 
 def launch(kernel: Any, ptrs: torch.Tensor, ntensors: int, chunks: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-           args: torch.Tensor, device: torch.device) -> None:
+           args: torch.Tensor, device: torch.device, sums: torch.Tensor | None = None) -> None:
     """One launch over every chunk of every tensor of the bucket; ``ptrs`` holds the operands'
-    pointer tables one after another (``ntensors`` entries each)."""
+    pointer tables one after another (``ntensors`` entries each); ``sums`` receives reductions."""
     ptrs = ptrs.to(device, non_blocking=True)
     chunk_t, chunk_s, chunk_n = (c.to(device, non_blocking=True) for c in chunks)
-    kernel[(len(chunks[0]),)](chunk_t, chunk_s, chunk_n, ptrs, args.to(device, non_blocking=True), ntensors, BLOCK=BLOCK)
+    args = args.to(device, non_blocking=True)
+    kernel[(len(chunks[0]),)](chunk_t, chunk_s, chunk_n, ptrs, args, args if sums is None else sums, ntensors,
+                              BLOCK=BLOCK)
