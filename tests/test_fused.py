@@ -238,3 +238,43 @@ def test_half_precision_matches_torch_fused(algo, dtype):
     for key in ("exp_avg", "exp_avg_sq"):
         assert a.state[ours][key].dtype == dtype
         torch.testing.assert_close(a.state[ours][key], b.state[theirs][key], rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("algo", ["Adan", "AdamWScheduleFree"])
+def test_per_step_group_views_keep_one_plan_per_group(algo):
+    """Adan and Schedule-Free hand the backends a fresh view of each group every step; the fused
+    plans still belong to the real groups and are built once."""
+    params = [torch.randn(4, requires_grad=True) for _ in range(3)]
+    opt = getattr(ts_optim, algo)([{"params": params[:1]}, {"params": params[1:]}], lr=1e-2, weight_decay=0.1)
+    getattr(opt, "train", lambda: None)()
+    seen = []
+    with use("fused"):
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(4)
+            opt.step()
+            seen.append({key: id(cache["plan"]) for key, cache in opt._fused_plans.items()})
+    assert set(seen[0]) == {id(group) for group in opt.param_groups}
+    assert seen[0] == seen[1] == seen[2]
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_algorithm_applying_its_own_weight_decay_is_left_alone(backend):
+    """``applies_weight_decay=True``: neither backend adds ``weight_decay`` to the gradient."""
+    from torchstep.core.algorithm import Algorithm
+    from torchstep.core.optimizer import Optimizer
+
+    def update(p, g, *, lr):
+        p.sub_(g, alpha=lr)
+
+    class PlainStep(Optimizer):
+        algorithm = Algorithm(name="test_plain_step_own_decay", state_names=lambda group: (),
+                              scalars=lambda group, step, first: dict(lr=group["lr"]), update=update,
+                              applies_weight_decay=True)
+
+    p = torch.ones(5, requires_grad=True)
+    opt = PlainStep([p], dict(lr=0.5, weight_decay=0.25))
+    p.grad = torch.full((5,), 2.0)
+    with use(backend):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(5))

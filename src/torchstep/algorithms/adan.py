@@ -47,11 +47,10 @@ Models" (TPAMI 2024), arXiv:2208.06677.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..backends import dispatch
 from ..backends.reference import new_step_tensor
 from ..core import check
 from ..core.algorithm import Algorithm
@@ -115,11 +114,12 @@ class Adan(Optimizer):
                         no_prox=no_prox, maximize=maximize, foreach=foreach, cautious=cautious)
         super().__init__(params, defaults)
 
-    def _clip_factor(self, grad_scale: Any) -> float | None:
-        """The global clip factor (None when ``max_grad_norm`` is 0)."""
+    def _prepare_step(self, grad_scale: Any) -> None:
+        """This step's global clip factor (None when ``max_grad_norm`` is 0)."""
+        self._clip = None
         max_norm = self.defaults["max_grad_norm"]
         if not max_norm > 0:
-            return None
+            return
         grads = [as_real(p.grad) for group in self.param_groups for p in group["params"] if p.grad is not None]
         if any(g.is_sparse for g in grads):
             raise RuntimeError(ADAN_ALGORITHM.sparse_error)
@@ -127,38 +127,16 @@ class Adan(Optimizer):
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if grad_scale is not None:
             norm /= float(grad_scale)
-        return min(1.0, max_norm / (norm + self.defaults["eps"]))
+        self._clip = min(1.0, max_norm / (norm + self.defaults["eps"]))
 
-    def _backend_group(self, group: dict, clip: float | None) -> dict:
+    def _backend_group(self, group: dict) -> dict:
         """``group`` as the backends see it: this step's clip factor, and its weight decay as a
         decoupled decay -- for the proximal form, by the factor 1/(1 + lr * weight_decay), with
-        the step scaled by the same (``step_shrink``). One dict per group, reused across steps."""
-        views = self.__dict__.setdefault("_backend_groups", {})
-        view = views.setdefault(id(group), {})
-        view.clear()
+        the step scaled by the same (``step_shrink``)."""
         lr, wd = plain(group["lr"]), group["weight_decay"]
         shrink = 1.0 if group["no_prox"] else 1 / (1 + lr * wd)
-        view.update(group, clip=clip, decoupled_weight_decay=True, step_shrink=shrink,
+        return dict(group, clip=self._clip, decoupled_weight_decay=True, step_shrink=shrink,
                     weight_decay=wd if group["no_prox"] else wd * shrink)
-        return view
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step of every group; returns ``closure()``'s loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
-        if found_inf is not None and float(found_inf) != 0.0:
-            return loss
-        with torch.no_grad():
-            clip = self._clip_factor(grad_scale)
-            live = {id(group) for group in self.param_groups}
-            for key in [k for k in self.__dict__.get("_backend_groups", {}) if k not in live]:
-                del self._backend_groups[key]
-            for group in self.param_groups:
-                dispatch.step_group(self, self._backend_group(group, clip), grad_scale)
-        return loss
 
     def _upgrade_loaded_state(self) -> None:
         """A checkpoint of the authors' code counts steps per group: give each parameter its group's."""

@@ -44,11 +44,10 @@ Reference: Defazio, Yang, Mehta, Mishchenko, Khaled, Cutkosky, "The Road Less Sc
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ..backends import dispatch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
@@ -88,7 +87,8 @@ def momentum_of(group: dict) -> float:
 def sgd_scalars(group: dict, step: Any, first: bool) -> dict:
     lr, ckp1 = group["scheduled_lr"], group["ckp1"]
     y_coef = lr * (momentum_of(group) * (1 - ckp1) - 1)
-    return dict(lr=lr, ckp1=ckp1, y_coef=y_coef, decay=group["decay"], has_decay=group["decay"] != 0)
+    decay = group["weight_decay"]
+    return dict(lr=lr, ckp1=ckp1, y_coef=y_coef, decay=decay, has_decay=decay != 0)
 
 
 def adamw_scalars(group: dict, step: Any, first: bool) -> dict:
@@ -112,33 +112,22 @@ def update(p, g, z, exp_avg_sq=None, *, lr, ckp1, y_coef, decay, has_decay, beta
 
 SGD_SCHEDULE_FREE = Algorithm(
     name="sgd_schedule_free", state_names=lambda group: ("z",), scalars=sgd_scalars, update=update, init=init_sgd,
-    counts_steps=False, sparse_error="SGDScheduleFree does not support sparse gradients",
+    counts_steps=False, applies_weight_decay=True,
+    sparse_error="SGDScheduleFree does not support sparse gradients",
 )
 ADAMW_SCHEDULE_FREE = Algorithm(
     name="adamw_schedule_free", state_names=lambda group: ("z", "exp_avg_sq"), scalars=adamw_scalars, update=update,
-    init=init_adamw, counts_steps=False, sparse_error="AdamWScheduleFree does not support sparse gradients",
+    init=init_adamw, counts_steps=False, applies_weight_decay=True,
+    sparse_error="AdamWScheduleFree does not support sparse gradients",
 )
 
 
 class ScheduleFreeOptimizer(Optimizer):
-    """The shared ``step``, ``train`` and ``eval`` of :class:`SGDScheduleFree` and
-    :class:`AdamWScheduleFree`."""
+    """What :class:`SGDScheduleFree` and :class:`AdamWScheduleFree` share: the train-mode check
+    and per-group stage around the base class's ``step``, and ``train`` / ``eval``."""
 
-    def _backend_group(self, group: dict, ckp1: float) -> dict:
-        """What the backends see of ``group``: its options, this step's :math:`c_t`, and weight
-        decay moved out of the cross-cutting wrappers (here it is taken at ``y``, after AdamW's
-        normalization, which is part of the update). One dict per group, reused every step."""
-        views = self.__dict__.setdefault("_backend_groups", {})
-        live = {id(g) for g in self.param_groups}
-        for key in [k for k in views if k not in live]:
-            del views[key]
-        view = views.setdefault(id(group), {})
-        view.clear()
-        view.update(group, ckp1=ckp1, decay=group["weight_decay"], weight_decay=0)
-        return view
-
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step of every group (all must be in train mode); returns ``closure()``'s loss."""
+    def _check_step(self) -> None:
+        """Every group must be in train mode (checked before the closure runs)."""
         resting = [i for i, g in enumerate(self.param_groups) if not g["train_mode"]]
         if resting:
             raise RuntimeError(
@@ -146,19 +135,14 @@ class ScheduleFreeOptimizer(Optimizer):
                 "train_mode=False): call optimizer.train() before training steps and "
                 "optimizer.eval() before evaluating or saving a checkpoint"
             )
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and float(found_inf) != 0.0:
-            return loss
-        with torch.no_grad():
-            for group in self.param_groups:
-                ckp1 = advance_schedule(group)
-                dispatch.step_group(self, self._backend_group(group, ckp1), getattr(self, "grad_scale", None))
-                group["k"] += 1
-        return loss
+
+    def _backend_group(self, group: dict) -> dict:
+        """Run the per-group stage of this step and count the step in ``k``; the backends see the
+        group after the stage but before the count, plus this step's :math:`c_t` (``ckp1``)."""
+        ckp1 = advance_schedule(group)
+        view = dict(group, ckp1=ckp1)
+        group["k"] += 1
+        return view
 
     @torch.no_grad()
     def _switch(self, to_train: bool) -> None:

@@ -13,6 +13,7 @@ same choices and fallbacks. A group with ``cautious=True`` runs its ordinary ste
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from typing import Any, Iterator
@@ -77,18 +78,23 @@ def _unscale(params: list[torch.Tensor], grad_scale: Any) -> None:
                 p.grad.mul_(inv)
 
 
-def step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
-    """Run one step of ``opt.algorithm`` over ``group`` on the best available backend."""
+def step_group(opt: Any, group: dict, grad_scale: Any = None, plans_of: dict | None = None) -> None:
+    """Run one step of ``opt.algorithm`` over ``group`` on the best available backend.
+
+    ``plans_of``: the parameter group whose fused plans to use, when ``group`` is a per-step
+    view of it (a dict made afresh each step would otherwise start a new plan every step)."""
+    owner = group if plans_of is None else plans_of
+    run = functools.partial(_step_group, owner=owner)
     if group.get("cautious", False):
-        cautious.step_group(opt, group, grad_scale, _step_group)
+        cautious.step_group(opt, group, grad_scale, run)
     else:
-        _step_group(opt, group, grad_scale)
+        run(opt, group, grad_scale)
 
 
-def _step_group(opt: Any, group: dict, grad_scale: Any = None) -> None:
+def _step_group(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
     use_fused, reason = _fused_off(opt, group)
     if use_fused:
-        steps = opt.__dict__.setdefault("_fused_plans", {}).setdefault(id(group), {})
+        steps = opt.__dict__.setdefault("_fused_plans", {}).setdefault(id(owner), {})
         try:
             leftover = fused.step_group(opt, group, steps, grad_scale, force_triton=_forced[-1] == "triton")
         except NotTraceable as exc:

@@ -81,7 +81,7 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
             kind: str = "c"):
     """The kernel (and its program) for this algorithm structure, dtype and kernel kind."""
     wd = wrappers.plain(group.get("weight_decay", 0))
-    has_wd = isinstance(wd, torch.Tensor) or wd != 0
+    has_wd = not algo.applies_weight_decay and (isinstance(wd, torch.Tensor) or wd != 0)
     flags = (bool(group.get("maximize", False)), has_wd, bool(group.get("decoupled_weight_decay", False)), unscale)
     key = (kind, algo.name, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
     if key not in _programs:

@@ -64,7 +64,8 @@ def step_group(opt: Any, group: dict, params: list[torch.Tensor] | None = None) 
         if key not in cache:
             cache[key] = algo.scalars(group, step, first)
         scalars = cache[key]
-        g = wrappers.prepare_grad(p, g, group, sparse_weight_decay=algo.sparse_weight_decay)
+        g = wrappers.prepare_grad(p, g, group, sparse_weight_decay=algo.sparse_weight_decay,
+                                  weight_decay=not algo.applies_weight_decay)
         tensors = {n: state[n] for n in names}
         if torch.is_grad_enabled():
             # differentiable: each step writes fresh state tensors, so the values earlier steps

@@ -22,8 +22,9 @@ Optionally, an algorithm with per-parameter 0-d state that is not element-wise (
 parameter's device).
 
 ``g`` reaching ``update`` has already been negated for ``maximize`` and has L2 weight decay added
-(or ``p`` decayed, for decoupled weight decay); complex tensors arrive viewed as real. See
-:mod:`torchstep.core.wrappers`.
+(or ``p`` decayed, for decoupled weight decay) -- unless the algorithm sets
+``applies_weight_decay``, for a decay that is part of its own math (Schedule-Free's, taken after
+AdamW's normalization); complex tensors arrive viewed as real. See :mod:`torchstep.core.wrappers`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ class Algorithm:
     # per-parameter 0-d state handled by ``advance`` rather than ``update`` (see module docstring)
     scalar_state: tuple[str, ...] = ()
     advance: Callable[..., Scalars] | None = None
+    # True when ``update`` applies ``weight_decay`` itself: the backends then leave it out
+    applies_weight_decay: bool = False
 
     def elementwise_names(self, group: dict) -> tuple[str, ...]:
         """The state tensors ``update`` takes: ``state_names`` less ``scalar_state``."""

@@ -86,7 +86,7 @@ def moves_by_increments(algo: Any, group: dict) -> bool:
     return _increment_only[key]
 
 
-def _prepare(p: torch.Tensor, group: dict, grad_scale: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(p: torch.Tensor, group: dict, grad_scale: Any, algo: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(a copy of ``p`` after decoupled weight decay, the gradient as the update sees it)."""
     if p.grad.is_sparse:
         raise RuntimeError(
@@ -95,7 +95,7 @@ def _prepare(p: torch.Tensor, group: dict, grad_scale: Any) -> tuple[torch.Tenso
         )
     start = p.detach().clone()
     grad = p.grad if grad_scale is None else p.grad / grad_scale
-    return start, wrappers.prepare_grad(start, grad, group)
+    return start, wrappers.prepare_grad(start, grad, group, weight_decay=not algo.applies_weight_decay)
 
 
 def _backend_grad(grad: torch.Tensor, group: dict, grad_scale: Any) -> torch.Tensor:
@@ -130,7 +130,7 @@ def step_group(opt: Any, group: dict, grad_scale: Any, run: Callable[[Any, dict,
     params = [p for p in group["params"] if p.grad is not None]
     names = opt.algorithm.state_names(group)
     with torch.no_grad():
-        kept = [(p, p.grad, *_prepare(p, group, scale)) for p in params]
+        kept = [(p, p.grad, *_prepare(p, group, scale, opt.algorithm)) for p in params]
         for p, _, _, grad in kept:
             ensure_state(opt.algorithm, p, group, opt.state[p], names)  # state starts from the real p
             p.grad = _backend_grad(grad, group, scale)

@@ -197,17 +197,35 @@ class Optimizer(torch.optim.Optimizer):
             raise NotImplementedError(f"{type(self).__name__} defines neither `algorithm` nor `step`")
         from ..backends import dispatch
 
+        self._check_step()
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        found_inf = getattr(self, "found_inf", None)
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            self._prepare_step(grad_scale)
             for group in self.param_groups:
-                dispatch.step_group(self, group, getattr(self, "grad_scale", None))
+                dispatch.step_group(self, self._backend_group(group), grad_scale, plans_of=group)
         return loss
+
+    # Hooks for algorithms whose element-wise part is an ``algorithm`` but whose step needs a
+    # little more around it (Adan's global clipping, Schedule-Free's per-group schedule).
+
+    def _check_step(self) -> None:
+        """Called first in ``step``, before the closure: raise here to refuse the step."""
+
+    def _prepare_step(self, grad_scale: Any) -> None:
+        """Called once per step after the closure (and only when the step goes ahead), before
+        any group is updated: per-step work over all groups, e.g. a global gradient norm."""
+
+    def _backend_group(self, group: dict) -> dict:
+        """What the backends see of ``group`` this step (called once per group per step, just
+        before its update): ``group`` itself, or a dict built from it with adjusted values. The
+        fused backend keys what it caches by the original ``group``, so a fresh dict is fine."""
+        return group
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients: to ``None`` (default), or to zeros when ``set_to_none=False``."""

@@ -23,14 +23,16 @@ def plain(x: Any) -> Any:
     return x
 
 
-def prepare_grad(p: torch.Tensor, g: torch.Tensor, group: dict, *, sparse_weight_decay: bool = True) -> torch.Tensor:
+def prepare_grad(p: torch.Tensor, g: torch.Tensor, group: dict, *, sparse_weight_decay: bool = True,
+                 weight_decay: bool = True) -> torch.Tensor:
     """Apply ``maximize`` and weight decay; returns the gradient ``update`` should see.
 
-    ``sparse_weight_decay=False`` makes a sparse gradient with weight decay an error (Adagrad).
+    ``sparse_weight_decay=False`` makes a sparse gradient with weight decay an error (Adagrad);
+    ``weight_decay=False`` leaves the decay out (for an algorithm that applies it itself).
     """
     if group.get("maximize", False):
         g = -g
-    wd = plain(group.get("weight_decay", 0))
+    wd = plain(group.get("weight_decay", 0)) if weight_decay else 0
     if isinstance(wd, torch.Tensor) or wd != 0:
         if group.get("decoupled_weight_decay", False):
             p.mul_(1 - plain(group["lr"]) * wd)
