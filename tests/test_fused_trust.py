@@ -8,6 +8,7 @@ import torch
 import torchstep.optim as ts_optim
 from modern_helpers import assert_params_close, assert_state_close, set_grads, two_groups
 from torchstep.backends import cpu_kernel, staged, use
+from torchstep.backends.trace import Summed
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 # a zero tensor (norm 0: ratio 1), a 0-d one, and one of several kernel chunks
@@ -81,6 +82,37 @@ def test_per_tensor_scalars_and_reductions():
     torch.testing.assert_close(sums["p"], torch.stack([w.square().sum() for w in want]), rtol=1e-12, atol=0.0)
     torch.testing.assert_close(sums["pg"], torch.stack([(w * g).square().sum() for w, g in zip(want, gs)]),
                                rtol=1e-12, atol=0.0)
+
+
+def test_plain_sums_per_tensor():
+    """A :class:`Summed` reduction gives the plain per-tensor sum (a dot product, an L1 norm)."""
+    def inner(p, g):
+        return {"dot": Summed(p * g), "l1": Summed(g.abs()), "sq": p}
+
+    gen = torch.Generator().manual_seed(2)
+    ps = [torch.randn(n, generator=gen, dtype=torch.float64) for n in (1, 9, 2 * cpu_kernel.CHUNK + 3)]
+    gs = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in ps]
+    sums = staged.run_pass(inner, {"p": ps, "g": gs}, (), {})
+    torch.testing.assert_close(sums["dot"], torch.stack([torch.dot(p, g) for p, g in zip(ps, gs)]), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sums["l1"], torch.stack([g.abs().sum() for g in gs]), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(sums["sq"], torch.stack([p.square().sum() for p in ps]), rtol=1e-12, atol=0.0)
+
+
+def test_fused_multiply_adds_round_as_torch_does():
+    """``add(x, alpha=a)`` and ``addcmul`` are one fused multiply-add in torch's CPU kernels; the
+    traced kernel computes them the same way, bit for bit in float32 (a plain multiply then add,
+    or the compiler contracting the other product, differs in a fraction of the elements)."""
+    def update(v, s, g, *, beta, rate, value):
+        s.mul_(beta).add_(g, alpha=rate)
+        v.mul_(beta).addcmul_(g, g, value=value)
+
+    gen = torch.Generator().manual_seed(3)
+    v, s, g = (torch.randn(4099, generator=gen, dtype=torch.float64).float() for _ in range(3))
+    want_s, want_v = s.clone(), v.clone()
+    hyper = dict(beta=0.9995, rate=3.3333e-3, value=1.2345e-3)
+    update(want_v, want_s, g, **hyper)
+    staged.run_pass(update, {"v": [v], "s": [s], "g": [g]}, ("v", "s"), hyper)
+    assert torch.equal(s, want_s) and torch.equal(v, want_v)
 
 
 def test_reference_backend_keeps_the_per_tensor_path(monkeypatch):

@@ -6,7 +6,7 @@ vectorisable loop that reads every operand once and writes every updated tensor 
 Tensors stay where they are (no flattening copy): the kernel receives, per operand, a table of
 data pointers; after them one table of doubles per per-tensor scalar (read once per chunk).
 A program with reductions also writes, per chunk, the sum of squares of each reduced expression
-(accumulated in double) to ``sums[r * nchunks + chunk]``; the caller adds chunks up per tensor.
+(or its plain sum, see :class:`~.trace.Summed`; accumulated in double) to ``sums[r * nchunks + chunk]``; the caller adds chunks up per tensor.
 
 Compilation uses the system C compiler (``$CC`` or ``cc``) with ``-O3 -march=native -fopenmp``;
 a kernel is compiled once per program and dtype and cached on disk (``$TORCHSTEP_CACHE`` or
@@ -86,6 +86,8 @@ def _expr(node: tuple, ref, elem: bool, ctype: str, suffix: str) -> str:
         return f"({ref(a[0])} {binary[op]} {ref(a[1])})"
     if op == "neg":
         return f"(-{ref(a[0])})"
+    if op == "fma":
+        return f"{fn('fma')}({ref(a[0])}, {ref(a[1])}, {ref(a[2])})"
     if op == "sqrt":
         return f"{fn('sqrt')}({ref(a[0])})"
     if op == "abs":
@@ -133,7 +135,7 @@ def _sqrt(x):
 
 _PY_OPS = {
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
-    "neg": lambda a: -a, "sqrt": _sqrt, "pow": lambda a, b: a**b, "abs": abs,
+    "neg": lambda a: -a, "fma": lambda a, b, c: a * b + c, "sqrt": _sqrt, "pow": lambda a, b: a**b, "abs": abs,
 }
 
 
@@ -189,7 +191,8 @@ def generate(program: Program, dtype: torch.dtype) -> str:
     ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{nin + k}])[t];"
              for k in range(len(program.per_tensor))]
     sums = [f"r{r}" for r in range(len(program.reductions))]
-    body += [f"      {{ const double d = (double){ref(j)}; r{r} += d * d; }}" for r, j in enumerate(program.reductions.values())]
+    body += [f"      {{ const double d = (double){ref(j)}; r{r} += {'d * d' if sq else 'd'}; }}"
+             for r, (j, sq) in enumerate(zip(program.reductions.values(), program.squared()))]
     return "\n".join([
         "#include <math.h>",
         "#include <stdint.h>",

@@ -10,7 +10,8 @@ update wrote -- that a code generator turns into one loop over memory.
 Two extensions serve algorithms that are not purely element-wise (LAMB, LARS): *per-tensor
 scalars* (``per_tensor`` names; one value per tensor of a bucket, e.g. a trust ratio; node
 ``("tin", k)``) and *reductions* (a traced function may return ``{name: expression}``; the kernel
-then also yields, per tensor, the sum of squares of each expression, accumulated in double).
+then also yields, per tensor, the sum of squares of each expression, accumulated in double, or
+the plain sum of an expression wrapped in :class:`Summed`, e.g. a dot product or an L1 norm).
 
 Booleans and ``None`` stay concrete during tracing (they choose the program's structure, e.g.
 ``nesterov`` or whether ``max_exp_avg_sq`` exists); numbers become runtime scalar arguments, so a
@@ -40,10 +41,22 @@ class Program:
     outputs: dict[str, int] = field(default_factory=dict)
     per_tensor: list[str] = field(default_factory=list)
     reductions: dict[str, int] = field(default_factory=dict)  # name -> node whose square is summed per tensor
+    summed: list[str] = field(default_factory=list)  # reductions summed as they are, not squared
 
     def key(self) -> tuple:
         return (tuple(self.inputs), tuple(self.scalars), tuple(self.nodes), tuple(sorted(self.outputs.items())),
-                tuple(self.per_tensor), tuple(self.reductions.items()))
+                tuple(self.per_tensor), tuple(self.reductions.items()), tuple(self.summed))
+
+    def squared(self) -> list[bool]:
+        """For each reduction, in order: is its square summed (else its value)?"""
+        return [name not in self.summed for name in self.reductions]
+
+
+@dataclass
+class Summed:
+    """A reduced expression whose plain per-tensor sum is wanted (a bare one gives the sum of squares)."""
+
+    value: Any
 
 
 class _Tracer:
@@ -117,7 +130,8 @@ class Sym:
         return self._new("pow", o)
     def __rpow__(self, o): return _lift(self, o)._new("pow", self)
 
-    def add(self, o, *, alpha=1): return self._new("add", o if alpha == 1 else _times(o, alpha))
+    def add(self, o, *, alpha=1):  # torch: one fused multiply-add, other * alpha + self
+        return self._new("add", o) if _is_one(alpha) else _lift(self, o)._new("fma", alpha, self)
     def sub(self, o, *, alpha=1): return self._new("sub", o if alpha == 1 else _times(o, alpha))
     def mul(self, o): return self._new("mul", o)
     def div(self, o): return self._new("div", o)
@@ -129,7 +143,8 @@ class Sym:
     def pow(self, o): return self ** o
     def clone(self, **_): return Sym(self.tracer, self.node, self.uniform)
     def detach(self): return self
-    def addcmul(self, a, b, *, value=1): return self._new("add", _times(_times(a, value), b))
+    def addcmul(self, a, b, *, value=1):  # torch: fused, (a * value) * b + self
+        return _lift(self, _times(a, value))._new("fma", b, self)
     def addcdiv(self, a, b, *, value=1): return self._new("add", _times(a, value)._new("div", b))
     def lerp(self, end, weight): return self._new("lerp", end, weight)
     def maximum(self, o): return self._new("max", o)
@@ -171,8 +186,12 @@ def _lift(like: Sym, x: Any) -> Sym:
     return Sym(like.tracer, _ref(like.tracer, x), True)
 
 
+def _is_one(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == 1
+
+
 def _times(x: Any, factor: Any) -> Any:
-    if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor == 1:
+    if _is_one(factor):
         return x
     if isinstance(x, Sym):
         return x._new("mul", factor)
@@ -218,7 +237,7 @@ def trace(fn: Callable[..., Any], inputs: list[str], written: list[str], scalars
     final value must be stored; ``scalars`` maps a name to its value: numbers become runtime
     arguments, booleans/None/strings stay concrete; ``per_tensor`` names further scalars whose
     value differs from tensor to tensor. A ``{name: expression}`` returned by ``fn`` becomes the
-    program's reductions (per-tensor sums of squares).
+    program's reductions (per-tensor sums of squares; plain sums for :class:`Summed` values).
     """
     numeric = [k for k, v in scalars.items() if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool)]
     tracer = _Tracer(inputs, numeric)
@@ -228,5 +247,6 @@ def trace(fn: Callable[..., Any], inputs: list[str], written: list[str], scalars
     args.update({k: Sym(tracer, tracer.node("tin", i), False) for i, k in enumerate(per_tensor)})
     reduced = fn(**element, **args) or {}
     tracer.program.outputs = {n: element[n].node for n in written if element[n].node != tracer.node("in", inputs.index(n))}
-    tracer.program.reductions = {k: _ref(tracer, v) for k, v in reduced.items()}
+    tracer.program.reductions = {k: _ref(tracer, v.value if isinstance(v, Summed) else v) for k, v in reduced.items()}
+    tracer.program.summed = [k for k, v in reduced.items() if isinstance(v, Summed)]
     return tracer.program

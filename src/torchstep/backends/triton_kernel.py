@@ -5,7 +5,8 @@ instance per chunk of at most ``BLOCK`` elements of one tensor, so a whole bucke
 tensor or thousands of small ones -- is a single launch. Operands arrive as tables of data
 pointers (as in the C kernel); scalars as a float64 vector of the program's uniform values.
 Per-tensor scalars are further tables (float64 bits), loaded once per program instance;
-reductions are stored per chunk (``sums[r * chunks + chunk]``, float64), as in the C kernel.
+reductions (sums of squares or plain sums) are stored per chunk (``sums[r * chunks + chunk]``,
+float64), as in the C kernel.
 Division and square root use the correctly rounded forms (``div_rn``, ``sqrt_rn``) to agree
 with torch's element-wise kernels.
 
@@ -52,6 +53,8 @@ def _expr(node: tuple, ref, tl_type: str) -> str:
         if tl_type == "tl.float64":
             return f"({ref(a[0])} / {ref(a[1])})"
         return f"tl.div_rn({ref(a[0])}, {ref(a[1])})"
+    if op == "fma":
+        return f"tl.fma({ref(a[0])}, {ref(a[1])}, {ref(a[2])})"
     if op == "neg":
         return f"(-{ref(a[0])})"
     if op == "sqrt":
@@ -111,10 +114,10 @@ def generate(program: Program, dtype: torch.dtype) -> str:
     for name, j in program.outputs.items():
         value = f"c{j}" if j in slots else f"v{j}"
         lines.append(f"    tl.store(x{program.inputs.index(name)}, ({value}).to({storage}), mask=mask)")
-    for r, j in enumerate(program.reductions.values()):
+    for r, (j, squared) in enumerate(zip(program.reductions.values(), program.squared())):
         value = f"c{j}" if j in slots else f"v{j}"
         lines.append(f"    d{r} = tl.where(mask, ({value}).to(tl.float64), 0.0)")
-        lines.append(f"    tl.store(sums + {r} * tl.num_programs(0) + c, tl.sum(d{r} * d{r}, axis=0))")
+        lines.append(f"    tl.store(sums + {r} * tl.num_programs(0) + c, tl.sum({f'd{r} * d{r}' if squared else f'd{r}'}, axis=0))")
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,8 @@ def moves_by_increments(algo: Any, group: dict) -> bool:
                 chain.add(i)
             elif op == "add" and len(touched) == 1 and args[1] in chain:
                 chain.add(i)
+            elif op == "fma" and len(touched) == 1 and args[2] in chain:  # p + x * y, x and y p-free
+                chain.add(i)
             elif touched:
                 tainted.add(i)
         finals = program.outputs
