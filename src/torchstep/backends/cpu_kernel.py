@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .codegen import render
 from .trace import Program
 
 CHUNK = 1 << 15
@@ -77,40 +78,25 @@ def _which(cc: str) -> str | None:
     return shutil.which(cc)
 
 
+# C forms of the node kinds ({T}: compute type, {f}: math-function suffix). max/min propagate
+# NaN as torch.maximum does; lerp is torch's two-sided formula (a small weight steps from the
+# start, a large one back from the end).
+_C_FORMS = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+    "neg": "(-{0})", "fma": "fma{f}({0}, {1}, {2})", "sqrt": "sqrt{f}({0})", "abs": "fabs{f}({0})",
+    "pow": "pow{f}({0}, {1})",
+    "sign": "(({T})(({0}) > 0) - ({T})(({0}) < 0))",
+    "max": "(({0}) != ({0}) ? ({0}) : ({1}) != ({1}) ? ({1}) : (({0}) > ({1}) ? ({0}) : ({1})))",
+    "min": "(({0}) != ({0}) ? ({0}) : ({1}) != ({1}) ? ({1}) : (({0}) < ({1}) ? ({0}) : ({1})))",
+    "gt": "(({T})({0} > {1}))", "lt": "(({T})({0} < {1}))", "eq": "(({T})({0} == {1}))",
+    "where": "(({0}) != 0 ? ({1}) : ({2}))",
+    "lerp": "(fabs{f}({2}) < ({T})0.5 ? {0} + {2} * ({1} - {0}) : {1} - ({1} - {0}) * (({T})1 - {2}))",
+}
+
+
 def _expr(node: tuple, ref, elem: bool, ctype: str, suffix: str) -> str:
     """C source of one node; ``ref(i)`` names an earlier node in the right precision."""
-    op, *a = node
-    fn = (lambda name: name + suffix) if elem else (lambda name: name)
-    binary = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-    if op in binary:
-        return f"({ref(a[0])} {binary[op]} {ref(a[1])})"
-    if op == "neg":
-        return f"(-{ref(a[0])})"
-    if op == "fma":
-        return f"{fn('fma')}({ref(a[0])}, {ref(a[1])}, {ref(a[2])})"
-    if op == "sqrt":
-        return f"{fn('sqrt')}({ref(a[0])})"
-    if op == "abs":
-        return f"{fn('fabs')}({ref(a[0])})"
-    if op == "pow":
-        return f"{fn('pow')}({ref(a[0])}, {ref(a[1])})"
-    if op == "sign":
-        x = ref(a[0])
-        return f"(({ctype})(({x}) > 0) - ({ctype})(({x}) < 0))"
-    if op in ("max", "min"):
-        x, y = ref(a[0]), ref(a[1])
-        pick = ">" if op == "max" else "<"
-        return f"(({x}) != ({x}) ? ({x}) : ({y}) != ({y}) ? ({y}) : (({x}) {pick} ({y}) ? ({x}) : ({y})))"
-    if op in ("gt", "lt", "eq"):
-        cmp = {"gt": ">", "lt": "<", "eq": "=="}[op]
-        return f"(({ctype})({ref(a[0])} {cmp} {ref(a[1])}))"
-    if op == "where":
-        return f"(({ref(a[0])}) != 0 ? ({ref(a[1])}) : ({ref(a[2])}))"
-    if op == "lerp":
-        # torch's formula: a small weight steps from the start, a large one back from the end
-        s, e, w = ref(a[0]), ref(a[1]), ref(a[2])
-        return f"({fn('fabs')}({w}) < ({ctype})0.5 ? {s} + {w} * ({e} - {s}) : {e} - ({e} - {s}) * (({ctype})1 - {w}))"
-    raise ValueError(f"no C form for node {op}")
+    return render(_C_FORMS, node, ref, "C", T=ctype, f=suffix if elem else "")
 
 
 def uniform_nodes(program: Program) -> list[int]:

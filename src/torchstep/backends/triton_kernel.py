@@ -26,7 +26,8 @@ from typing import Any
 import torch
 
 from .cpu_kernel import uniform_nodes
-from .trace import NotTraceable, Program
+from .codegen import render
+from .trace import Program
 
 BLOCK = 2048
 _TL_TYPES = {torch.float32: "tl.float32", torch.float64: "tl.float64", torch.bfloat16: "tl.bfloat16",
@@ -45,37 +46,27 @@ def supported_dtype(dtype: torch.dtype) -> bool:
     return dtype in _TL_TYPES
 
 
+# Triton forms of the node kinds ({T}: compute type). Division and square root use the correctly
+# rounded forms in float32 (plain '/' would be the approximate one); float64 ones are IEEE already.
+_TL_COMMON = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "neg": "(-{0})",
+    "fma": "tl.fma({0}, {1}, {2})", "abs": "tl.abs({0})",
+    "sign": "(tl.where({0} > 0, 1.0, 0.0) - tl.where({0} < 0, 1.0, 0.0)).to({T})",
+    "max": "tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
+    "min": "tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)",
+    "gt": "tl.where({0} > {1}, 1.0, 0.0).to({T})", "lt": "tl.where({0} < {1}, 1.0, 0.0).to({T})",
+    "eq": "tl.where({0} == {1}, 1.0, 0.0).to({T})",
+    "where": "tl.where({0} != 0, {1}, {2})",
+    "lerp": "tl.where(tl.abs({2}) < 0.5, {0} + {2} * ({1} - {0}), {1} - ({1} - {0}) * (1.0 - {2}))",
+}
+_TL_FORMS = {
+    "tl.float32": {**_TL_COMMON, "div": "tl.div_rn({0}, {1})", "sqrt": "tl.sqrt_rn({0})"},
+    "tl.float64": {**_TL_COMMON, "div": "({0} / {1})", "sqrt": "tl.sqrt({0})"},
+}
+
+
 def _expr(node: tuple, ref, tl_type: str) -> str:
-    op, *a = node
-    if op in ("add", "sub", "mul"):
-        return f"({ref(a[0])} {dict(add='+', sub='-', mul='*')[op]} {ref(a[1])})"
-    if op == "div":  # fp64 division is IEEE already; fp32 '/' would be the approximate form
-        if tl_type == "tl.float64":
-            return f"({ref(a[0])} / {ref(a[1])})"
-        return f"tl.div_rn({ref(a[0])}, {ref(a[1])})"
-    if op == "fma":
-        return f"tl.fma({ref(a[0])}, {ref(a[1])}, {ref(a[2])})"
-    if op == "neg":
-        return f"(-{ref(a[0])})"
-    if op == "sqrt":
-        return f"tl.sqrt({ref(a[0])})" if tl_type == "tl.float64" else f"tl.sqrt_rn({ref(a[0])})"
-    if op == "abs":
-        return f"tl.abs({ref(a[0])})"
-    if op == "sign":
-        x = ref(a[0])
-        return f"(tl.where({x} > 0, 1.0, 0.0) - tl.where({x} < 0, 1.0, 0.0)).to({tl_type})"
-    if op in ("max", "min"):
-        fn = "tl.maximum" if op == "max" else "tl.minimum"
-        return f"{fn}({ref(a[0])}, {ref(a[1])}, propagate_nan=tl.PropagateNan.ALL)"
-    if op in ("gt", "lt", "eq"):
-        cmp = {"gt": ">", "lt": "<", "eq": "=="}[op]
-        return f"tl.where({ref(a[0])} {cmp} {ref(a[1])}, 1.0, 0.0).to({tl_type})"
-    if op == "where":
-        return f"tl.where({ref(a[0])} != 0, {ref(a[1])}, {ref(a[2])})"
-    if op == "lerp":
-        s, e, w = ref(a[0]), ref(a[1]), ref(a[2])
-        return f"tl.where(tl.abs({w}) < 0.5, {s} + {w} * ({e} - {s}), {e} - ({e} - {s}) * (1.0 - {w}))"
-    raise NotTraceable(f"no Triton form for node {op}")
+    return render(_TL_FORMS[tl_type], node, ref, "Triton", T=tl_type)
 
 
 def generate(program: Program, dtype: torch.dtype) -> str:
