@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import io
 from typing import Any
 
+import pytest
 import torch
 
 import torchstep.optim as ts_optim
@@ -65,3 +68,69 @@ def assert_same_trajectory(torch_opt, ts_opt, torch_params, ts_params, **tol) ->
     for a, b in zip(torch_params, ts_params):
         torch.testing.assert_close(b.detach(), a.detach(), **tol)
         assert_state_close(torch_opt.state.get(a, {}), ts_opt.state.get(b, {}), **tol)
+
+
+def through_disk(sd: dict, weights_only: bool = True) -> dict:
+    """``sd`` saved with torch.save and loaded back (a deep copy, as a checkpoint would be)."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=weights_only)
+
+
+def run_pair(algo, kwargs, dtype, shapes=SHAPES, group2=None, steps=25, libs=("torch", "torchstep")):
+    """Two optimizers (``libs``) side by side on the same gradient stream, each on two groups
+    (the second with ``group2``). Returns ``(first, second, first_params, second_params)``."""
+    group2 = group2 or {}
+    a_p = make_params(dtype, shapes=shapes)
+    b_p = twin(a_p)
+    a = build(algo, groups_for(a_p, group2), kwargs, libs[0])
+    b = build(algo, groups_for(b_p, group2), kwargs, libs[1])
+    for step in range(steps):
+        set_grads(step, list(zip(a_p, b_p)))
+        a.step()
+        b.step()
+    return a, b, a_p, b_p
+
+
+def interchange(algo, kwargs, dtype, shapes, group2, first, second, tol=None):
+    """Train 12 steps with ``first``, move the state (through disk) to ``second``, 12 more steps:
+    parameters and state equal those of a ``first`` optimizer that never stopped."""
+    from registry import TOLERANCE
+
+    oracle, a, oracle_p, a_p = run_pair(algo, kwargs, dtype, shapes, group2, steps=12, libs=(first, first))
+    b_p = twin(a_p)
+    b = build(algo, groups_for(b_p, group2), kwargs, second)
+    b.load_state_dict(through_disk(a.state_dict()))
+    for step in range(12, 24):
+        set_grads(step, list(zip(oracle_p, b_p)))
+        oracle.step()
+        b.step()
+    assert_same_trajectory(oracle, b, oracle_p, b_p, **(tol or TOLERANCE[dtype]))
+    return oracle, b
+
+
+def assert_signature_matches(name: str) -> None:
+    """Same argument names, order, kinds and defaults as torch.optim's class."""
+    ours, theirs = inspect.signature(getattr(ts_optim, name)), inspect.signature(getattr(torch.optim, name))
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
+        (p.name, p.kind, p.default) for p in theirs.parameters.values()
+    ]
+
+
+def assert_unsupported_tensor_rejected(algo: str, kind: str) -> None:
+    """A complex parameter or a sparse gradient: RuntimeError at the step, in both libraries,
+    before any parameter was updated."""
+    for lib, pattern in [(torch.optim, None), (ts_optim, rf"{algo} does not support {kind} \w+ \(")]:
+        if kind == "complex":
+            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
+            p.grad = torch.ones_like(p)
+        else:
+            p = torch.zeros(3, 2, requires_grad=True)
+            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
+        ok = torch.zeros(2, 2, requires_grad=True)
+        ok.grad = torch.ones(2, 2)
+        opt = getattr(lib, algo)([ok, p])
+        with pytest.raises(RuntimeError, match=pattern):
+            opt.step()
+        assert torch.equal(ok, torch.zeros(2, 2))

@@ -3,11 +3,11 @@ twin parameter sets stepped side by side against a reference package, and state 
 
 from __future__ import annotations
 
-import io
 from typing import Any, Callable
 
 import torch
 
+from helpers import through_disk as _through_disk
 from helpers import twin
 from registry import TOLERANCE
 
@@ -79,11 +79,8 @@ def assert_state_close(a, b, a_p, b_p, dtype, keys=None) -> None:
 
 
 def through_disk(sd: dict) -> dict:
-    """``sd`` after ``torch.save`` / ``torch.load`` (a deep copy, as a checkpoint would be)."""
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    """``sd`` after ``torch.save`` / ``torch.load`` (the wrappers' state holds non-tensor values)."""
+    return _through_disk(sd, weights_only=False)
 
 
 def continue_after_load(make_first: Callable, make_second: Callable, dtype: torch.dtype, pull: float = 0.0,

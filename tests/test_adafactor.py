@@ -1,8 +1,6 @@
 """Adafactor against torch.optim.Adafactor 2.13: parity over its options (two groups, float32 and
 float64, 25 steps, params and every state tensor), state_dict interchange both ways, errors."""
 
-import inspect
-import io
 import itertools
 
 import pytest
@@ -10,7 +8,8 @@ import torch
 
 import torchstep.optim as ts_optim
 from registry import TOLERANCE as TOL
-from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
+from helpers import (assert_same_trajectory, assert_signature_matches, assert_unsupported_tensor_rejected, interchange,
+                     run_pair, set_grads, through_disk)
 
 # scalar, vector (unfactored); matrices, a batch of matrices, a single column (factored)
 SHAPES = [(), (3,), (4, 5), (2, 3, 4), (6, 1)]
@@ -29,71 +28,6 @@ CASES = GRID + [
     dict(beta2_decay=0.0, d=1.5),
     dict(lr=0.0, eps=(0.0, 0.0)),
 ]
-
-
-# -- shared with test_muon.py and test_lbfgs.py ------------------------------------------------
-
-
-def run_pair(algo, kwargs, dtype, shapes, group2, steps=25, libs=("torch", "torchstep")):
-    """Two optimizers (``libs``) side by side on the same gradient stream, each on two groups
-    (the second with ``group2``). Returns ``(first, second, first_params, second_params)``."""
-    a_p = make_params(dtype, shapes=shapes)
-    b_p = twin(a_p)
-    a = build(algo, groups_for(a_p, group2), kwargs, libs[0])
-    b = build(algo, groups_for(b_p, group2), kwargs, libs[1])
-    for step in range(steps):
-        set_grads(step, list(zip(a_p, b_p)))
-        a.step()
-        b.step()
-    return a, b, a_p, b_p
-
-
-def through_disk(sd):
-    """``sd`` saved with torch.save and loaded back (a deep copy, as a checkpoint would be)."""
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
-def interchange(algo, kwargs, dtype, shapes, group2, first, second):
-    """Train 12 steps with ``first``, move the state to ``second``, 12 more steps: both the
-    parameters and the state equal those of a ``first`` optimizer that never stopped."""
-    oracle, a, oracle_p, a_p = run_pair(algo, kwargs, dtype, shapes, group2, steps=12, libs=(first, first))
-    b_p = twin(a_p)
-    b = build(algo, groups_for(b_p, group2), kwargs, second)
-    b.load_state_dict(through_disk(a.state_dict()))
-    for step in range(12, 24):
-        set_grads(step, list(zip(oracle_p, b_p)))
-        oracle.step()
-        b.step()
-    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOL[dtype])
-
-
-def assert_signature_matches(name):
-    """Same argument names, order, kinds and defaults as torch.optim's class."""
-    ours, theirs = inspect.signature(getattr(ts_optim, name)), inspect.signature(getattr(torch.optim, name))
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
-
-
-def assert_unsupported_tensor_rejected(algo, kind):
-    """A complex parameter or a sparse gradient: RuntimeError at the step, in both libraries,
-    before any parameter was updated."""
-    for lib, pattern in [(torch.optim, None), (ts_optim, rf"{algo} does not support {kind} \w+ \(")]:
-        if kind == "complex":
-            p = torch.zeros(2, 2, dtype=torch.complex64, requires_grad=True)
-            p.grad = torch.ones_like(p)
-        else:
-            p = torch.zeros(3, 2, requires_grad=True)
-            p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, 2), (3, 2))
-        ok = torch.zeros(2, 2, requires_grad=True)
-        ok.grad = torch.ones(2, 2)
-        opt = getattr(lib, algo)([ok, p])
-        with pytest.raises(RuntimeError, match=pattern):
-            opt.step()
-        assert torch.equal(ok, torch.zeros(2, 2))
 
 
 # -- Adafactor -------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """Invalid arguments: torch rejects them and so does torchstep, with the same exception type and
 a message that names the argument, the value and what is allowed."""
 
-import inspect
 import re
 
 import pytest
 import torch
 
 import torchstep.optim as ts_optim
+from helpers import assert_signature_matches
 from registry import ERRORS, TORCH_FAILS_DIFFERENTLY
 
 ALGOS = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "SparseAdam", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]
@@ -24,11 +24,7 @@ def test_invalid_argument(algo, kwargs, exc, pattern):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_constructor_signature_matches_torch(algo):
     """Same argument names, order, kinds and defaults as torch 2.13."""
-    ours = inspect.signature(getattr(ts_optim, algo))
-    theirs = inspect.signature(getattr(torch.optim, algo))
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
-        (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
+    assert_signature_matches(algo)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torchstep.optim as ts_optim
-from torchstep.backends import cpu_kernel, dispatch, fused, use
+from torchstep.backends import cpu_kernel, fused, use
 
 TOL = dict(rtol=1e-6, atol=1e-7)
 

@@ -6,7 +6,7 @@ import torch
 
 import torchstep.optim as ts_optim
 from registry import TOLERANCE as TOL
-from test_adafactor import assert_signature_matches, through_disk
+from helpers import assert_signature_matches, through_disk
 from torchstep.algorithms.line_search import cubic_minimizer
 
 

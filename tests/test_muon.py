@@ -9,7 +9,7 @@ import torch
 import torchstep.optim as ts_optim
 from registry import TOLERANCE as TOL
 from helpers import assert_same_trajectory
-from test_adafactor import assert_signature_matches, assert_unsupported_tensor_rejected, interchange, run_pair
+from helpers import assert_signature_matches, assert_unsupported_tensor_rejected, interchange, run_pair
 from torchstep.algorithms.newton_schulz import orthogonalize
 
 SHAPES = [(4, 5), (6, 3), (1, 7), (5, 5)]  # wide, tall, a single row, square

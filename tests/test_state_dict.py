@@ -1,13 +1,11 @@
 """state_dict interchange with torch.optim in the middle of training, both ways."""
 
-import io
-
 import pytest
 import torch
 
 import torchstep.optim as ts_optim
-from helpers import assert_same_trajectory, build, groups_for, make_params, set_grads, twin
-from registry import CASES, REPRESENTATIVE, TOLERANCE
+from helpers import SHAPES, interchange, make_params, set_grads, through_disk, twin, build, groups_for
+from registry import CASES, REPRESENTATIVE
 
 ALGOS = list(REPRESENTATIVE)
 # a broader sweep: every registry row that uses no implementation switch
@@ -23,33 +21,10 @@ def _dtype(algo):
     return torch.float32 if algo in LOAD_CASTS_SCALAR_STATE else torch.float64
 
 
-def _through_disk(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 def _interchange(algo, kwargs, group2, first, second, dtype=torch.float64):
     """Train ``first`` 12 steps, hand its state_dict to ``second``, then run both 12 more steps
     next to an uninterrupted ``first`` oracle; all three must agree."""
-    oracle_p = make_params(dtype)
-    a_p = twin(oracle_p)
-    oracle = build(algo, groups_for(oracle_p, group2), kwargs, first)
-    a = build(algo, groups_for(a_p, group2), kwargs, first)
-    for step in range(12):
-        set_grads(step, list(zip(oracle_p, a_p)))
-        oracle.step()
-        a.step()
-    b_p = twin(a_p)
-    b = build(algo, groups_for(b_p, group2), kwargs, second)
-    b.load_state_dict(_through_disk(a.state_dict()))
-    for step in range(12, 24):
-        set_grads(step, list(zip(oracle_p, b_p)))
-        oracle.step()
-        b.step()
-    assert_same_trajectory(oracle, b, oracle_p, b_p, **TOLERANCE[dtype])
-    return oracle, b
+    return interchange(algo, kwargs, dtype, SHAPES, group2, first, second)
 
 
 @pytest.mark.parametrize("direction", [("torch", "torchstep"), ("torchstep", "torch")], ids=["torch->ts", "ts->torch"])
@@ -106,7 +81,7 @@ def test_sparse_adam_interchange():
             emb(idx).pow(2).sum().backward()
             opt.step()
         if step == 4:
-            s.load_state_dict(_through_disk(t.state_dict()))
+            s.load_state_dict(through_disk(t.state_dict()))
     torch.testing.assert_close(emb_s.weight, emb_t.weight)
     t2 = torch.optim.SparseAdam(emb_t.parameters(), lr=0.1)
     t2.load_state_dict(s.state_dict())

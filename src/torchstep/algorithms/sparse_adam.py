@@ -25,7 +25,6 @@ import torch
 from ..core import check
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
 
 
 def sparse_adam_update(p, g, exp_avg, exp_avg_sq, *, step: int, lr: float, beta1: float, beta2: float, eps: float) -> None:

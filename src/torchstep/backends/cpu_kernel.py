@@ -202,6 +202,7 @@ def generate(program: Program, dtype: torch.dtype) -> str:
     ])
 
 
+@functools.lru_cache(maxsize=1)
 def _machine_tag() -> str:
     cpu = ""
     try:

@@ -24,7 +24,7 @@ import torch
 from ..core import wrappers
 from . import cpu_kernel, reference, triton_kernel
 from .plan import Bucket, Plan, grad_table, pointer_table
-from .trace import NotTraceable, trace
+from .trace import trace
 
 _programs: dict[tuple, Any] = {}
 
@@ -152,7 +152,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, all_names:
     counted = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
     plan = Plan(with_grad, params, leftover, states, [], [p.data_ptr() for p in params], firsts=firsts)
     if params and counted:
-        plan.idx = plan.counters.attach(counted, params, states)
+        plan.counters.attach(counted, params, states)
     plan.tensors = [tuple(s[n] for n in (*names, *counted)) for s in states]
     by_kind: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
@@ -161,7 +161,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, all_names:
         tables = [pointer_table([wrappers.as_real(params[i]) for i in members])]
         tables += [pointer_table([wrappers.as_real(states[i][n]) for i in members]) for n in names]
         sizes = tuple(wrappers.as_real(params[i]).numel() for i in members)
-        plan.buckets.append(Bucket(kind, dtype, members, sizes, torch.tensor(members, dtype=torch.int64), tables))
+        plan.buckets.append(Bucket(kind, dtype, members, sizes, tables))
     return plan
 
 
@@ -182,8 +182,8 @@ def step_group(opt: Any, group: dict, cache: dict, grad_scale=None, force_triton
     if not plan.params:
         return plan.leftover
     inv_scale = None if grad_scale is None else 1.0 / float(grad_scale.item())
-    steps = plan.counters.bump("step", plan.idx) if algo.counts_steps else None
-    held = [plan.counters.values(n, plan.idx) for n in algo.scalar_state]
+    steps = plan.counters.bump("step") if algo.counts_steps else None
+    held = [plan.counters.values(n) for n in algo.scalar_state]
     uniform = all(len(set(column)) <= 1 for column in (steps or [], firsts, *held))
     for bucket in plan.buckets:
         if uniform:  # the usual case: every parameter is at the same step
@@ -206,9 +206,8 @@ def _run_bucket(opt, group, plan: Plan, bucket: Bucket, subset, step, first, nam
         lead = plan.states[members[0]]
         scalars = {**scalars, **algo.advance(scalars, **{n: lead[n] for n in algo.scalar_state})}
         if len(members) > 1:
-            positions = plan.idx[members]
             for n in algo.scalar_state:
-                plan.counters.broadcast(n, positions, lead[n])
+                plan.counters.broadcast(n, members, lead[n])
     runner, program = _kernel(algo, names, group, scalars, bucket.dtype, inv_scale is not None, bucket.kind)
     values = {**scalars, "__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
     uniform = cpu_kernel.evaluate_uniform(program, [wrappers.plain(values[k]) for k in program.scalars])

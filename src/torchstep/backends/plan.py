@@ -13,7 +13,6 @@ from __future__ import annotations
 import array
 import operator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -25,31 +24,28 @@ class GroupCounters:
 
     def __init__(self) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
-        self.index: dict[int, int] = {}
 
-    def attach(self, names: tuple[str, ...], params: list, states: list) -> torch.Tensor:
-        """Make every listed counter a view into a fresh buffer holding the current values;
-        returns the parameters' positions in the buffers."""
-        self.buffers, self.index = {}, {id(p): i for i, p in enumerate(params)}
+    def attach(self, names: tuple[str, ...], params: list, states: list) -> None:
+        """Make every listed counter a view into a fresh buffer holding the current values; the
+        i-th parameter's counter is element i."""
+        self.buffers = {}
         for n in names:
             template = states[0][n]
             buf = torch.tensor([float(s[n].item()) for s in states], dtype=template.dtype, device=template.device)
             for i, s in enumerate(states):
                 s[n] = buf[i]
             self.buffers[n] = buf
-        return torch.arange(len(params), dtype=torch.int64)
 
-    def bump(self, name: str, idx: torch.Tensor) -> list[float]:
-        buf = self.buffers[name]
-        buf.index_add_(0, idx, torch.ones(len(idx), dtype=buf.dtype, device=buf.device))
-        return buf[idx].tolist()
+    def bump(self, name: str) -> list[float]:
+        """Add one to every counter of ``name``; the new values."""
+        return self.buffers[name].add_(1).tolist()
 
-    def values(self, name: str, idx: torch.Tensor) -> list[float]:
-        return self.buffers[name][idx].tolist()
+    def values(self, name: str) -> list[float]:
+        return self.buffers[name].tolist()
 
-    def broadcast(self, name: str, idx: torch.Tensor, source: torch.Tensor) -> None:
+    def broadcast(self, name: str, positions: list[int], source: torch.Tensor) -> None:
         """Copy one parameter's (just advanced) value to the others of its bucket."""
-        self.buffers[name].index_fill_(0, idx, source)
+        self.buffers[name].index_fill_(0, torch.tensor(positions, dtype=torch.int64), source)
 
 
 @dataclass
@@ -60,7 +56,6 @@ class Bucket:
     dtype: torch.dtype
     members: list[int]  # positions in Plan.params
     sizes: tuple[int, ...]
-    positions: torch.Tensor  # the same, as a tensor (counter buffer positions)
     tables: list[torch.Tensor]  # pointer table per written operand: p, then each state tensor
 
 
@@ -74,7 +69,6 @@ class Plan:
     p_ptrs: list[int]
     buckets: list[Bucket] = field(default_factory=list)
     counters: GroupCounters = field(default_factory=GroupCounters)
-    idx: torch.Tensor | None = None
     firsts: list[bool] = field(default_factory=list)
 
     def still_valid(self, with_grad: list[torch.Tensor], names: tuple[str, ...]) -> list[torch.Tensor] | None:

@@ -125,15 +125,15 @@ class StepCounts:
     0-d views into one buffer, so reading and bumping all of them is one operation each."""
 
     def __init__(self) -> None:
-        self.counters, self.held, self.idx = GroupCounters(), [], None
+        self.counters, self.held = GroupCounters(), []
 
     def next(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
         """The values the counters take at this step (``bump`` then stores them)."""
         steps = [s["step"] for s in states]
         if len(steps) != len(self.held) or not all(map(operator.is_, steps, self.held)):
-            self.idx = self.counters.attach(("step",), params, states)
+            self.counters.attach(("step",), params, states)
             self.held = [s["step"] for s in states]
-        return [t + 1 for t in self.counters.values("step", self.idx)]
+        return [t + 1 for t in self.counters.values("step")]
 
     def bump(self) -> None:
-        self.counters.bump("step", self.idx)
+        self.counters.bump("step")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 __all__ = [
-    "at_least", "below", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
+    "at_least", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
     "no_tensor_hyper_with_foreach", "should_be", "one_of", "whole_number", "dense_real", "pair",
     "betas_sequence", "callable_or_none", "positive_int_or_none",
 ]
@@ -41,12 +41,6 @@ def in_range(value: Any, name: str, label: str, low: float, high: float, *, high
     if not ok or (isinstance(v, float) and math.isnan(v)):
         bracket = ")" if high_open else "]"
         raise ValueError(f"Invalid {label}: {value} ({name} must be in [{low}, {high}{bracket})")
-
-
-def below(value: Any, name: str, label: str, high: float) -> None:
-    """Require ``value < high``."""
-    if not _value(value) < high:
-        raise ValueError(f"Invalid {label}: {value} ({name} must be < {high})")
 
 
 def tensor_scalar(value: Any, name: str) -> None:
