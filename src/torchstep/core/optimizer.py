@@ -63,8 +63,12 @@ def _with_step_hooks(step: Callable) -> Callable:
                 hook(self, args, kwargs)
             return out
 
-    hooked_step._torchstep_hooked = True  # type: ignore[attr-defined]
-    return hooked_step
+    # torch.compile (of ``opt.step`` or of a training step that calls it) runs the step eagerly:
+    # the fused kernel already is one pass over memory, and tracing the bookkeeping around it
+    # (Python counters, pointer tables) would bake values into graphs and recompile every step.
+    eager_step = torch.compiler.disable(hooked_step)
+    eager_step._torchstep_hooked = True  # type: ignore[attr-defined]
+    return eager_step
 
 
 def _add_hook(hooks: OrderedDict, hook: Callable, prepend: bool) -> RemovableHandle:
