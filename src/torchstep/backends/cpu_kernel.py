@@ -259,6 +259,11 @@ def _check_compiler(cc: str, flags: list[str]) -> None:
         raise CompilerUnavailable(_broken_compilers[key])
 
 
+def _build_into(cache: "kernel_cache.KernelCache", cc: str, flags: list[str], source: str, digest: str) -> None:
+    with tempfile.TemporaryDirectory(dir=cache.root, prefix=".build-") as tmp:
+        cache.store(f"step_{digest}", _compile(cc, flags, source, Path(tmp)))
+
+
 def load(source: str) -> ctypes.CDLL:
     """Compile ``source`` (or reuse the verified cached library) and return it loaded.
     Raises :class:`KernelUnavailable` (nothing is loaded) when neither works."""
@@ -276,12 +281,17 @@ def load(source: str) -> ctypes.CDLL:
     if lib is None:  # missing, or failed verification: (re)build it once
         _check_compiler(cc, flags)
         try:
-            with tempfile.TemporaryDirectory(dir=cache.root, prefix=".build-") as tmp:
-                built = _compile(cc, flags, source, Path(tmp))
-                cache.store(f"step_{digest}", built)
+            try:
+                _build_into(cache, cc, flags, source, digest)
+            except OSError as exc:  # e.g. a read-only cache: this process keeps a private one
+                cache = kernel_cache.KernelCache.private(f"{cache.root} is not writable ({exc.strerror or exc})")
+                _build_into(cache, cc, flags, source, digest)
         except KernelUnavailable as exc:
             _failed_programs[digest] = str(exc)
             raise
+        except OSError as exc:
+            _failed_programs[digest] = f"the kernel could not be written to {cache.root}: {exc}"
+            raise KernelUnavailable(_failed_programs[digest]) from None
         lib = cache.load(f"step_{digest}")
         if lib is None:
             _failed_programs[digest] = f"the kernel built in {cache.root} did not pass verification when loaded back"

@@ -83,13 +83,18 @@ class KernelCache:
                 problem = _unsafe(os.lstat(root), is_dir=True)
         except OSError as exc:
             problem = f"cannot be created ({exc.strerror or exc})"
-        if problem is None:
+        if problem is None and not _private_fallback:
             return cls(root)
+        return cls.private(f"{root} is {problem}" if problem else "")
+
+    @classmethod
+    def private(cls, why: str) -> "KernelCache":
+        """This process's private temporary cache (mode 0700), with one warning saying ``why``."""
         fallback = _private_temp()
-        if len(_private_fallback) == 1:
-            _private_fallback.append(root)
-            warnings.warn(f"torchstep kernel cache {root} is {problem}; using the private directory {fallback} "
-                          "for this process instead", stacklevel=2)
+        if why and len(_private_fallback) == 1:
+            _private_fallback.append(fallback)
+            warnings.warn(f"torchstep kernel cache {why}; using the private directory {fallback} for this "
+                          "process instead", stacklevel=3)
         return cls(fallback)
 
     def load(self, name: str) -> ctypes.CDLL | None:

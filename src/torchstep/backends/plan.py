@@ -6,7 +6,7 @@ data pointers the kernel reads -- costs Python time per tensor. A :class:`Plan` 
 Because a kernel that takes raw pointers is trusted with memory, nothing cached is believed
 without a check: every step, before any kernel runs, :meth:`Plan.still_valid` compares each
 tensor the kernel will touch (parameters, gradients, every state tensor) with what the plan
-recorded -- data pointer, element count, dtype, device, contiguity (the only stride layout the
+recorded -- data pointer, shape, dtype, device, contiguity (the only stride layout the
 kernels take), and the identity of the state tensors (``load_state_dict`` replaces them) -- and
 checks that no gradient overlaps memory the kernel writes. Anything else rebuilds the plan, and
 the build refuses what the kernel must never see (:func:`fusable`, :func:`check_state_shape`,
@@ -86,19 +86,19 @@ class Written:
 class Column:
     """One operand's tensors (e.g. every fused parameter's ``exp_avg``) and their metadata."""
 
-    __slots__ = ("tensors", "ptrs", "numels", "dtypes")
+    __slots__ = ("tensors", "ptrs", "shapes", "dtypes")
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         self.tensors = tensors
         self.ptrs = list(map(_T.data_ptr, tensors))
-        self.numels = list(map(_T.numel, tensors))
+        self.shapes = list(map(_T.size, tensors))
         self.dtypes = list(map(_dtype_of, tensors))
 
     def holds(self, tensors: list[torch.Tensor]) -> bool:
-        """Same objects, same storage address, size, dtype, still contiguous."""
+        """Same objects, same storage address, shape, dtype, still contiguous."""
         return (all(map(operator.is_, tensors, self.tensors))
                 and list(map(_T.data_ptr, tensors)) == self.ptrs
-                and list(map(_T.numel, tensors)) == self.numels
+                and list(map(_T.size, tensors)) == self.shapes
                 and list(map(_dtype_of, tensors)) == self.dtypes
                 and all(map(_T.is_contiguous, tensors)))
 
@@ -194,7 +194,7 @@ class Plan:
                 return None
         except RuntimeError:  # a sparse gradient has no strides
             return None
-        if (list(map(_T.numel, grads)) != columns[0].numels or list(map(_dtype_of, grads)) != columns[0].dtypes
+        if (list(map(_T.size, grads)) != columns[0].shapes or list(map(_dtype_of, grads)) != columns[0].dtypes
                 or list(map(_device_of, grads)) != self._devices):
             return None
         starts = list(map(_T.data_ptr, grads))

@@ -333,9 +333,29 @@ class Optimizer(torch.optim.Optimizer):
             if "param_names" in g and "param_names" not in s:
                 s["param_names"] = g["param_names"]
             new_groups.append(s)
+        self._check_loaded_shapes(state, new_groups)
         self.__setstate__({"state": state, "param_groups": new_groups})
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+    def _check_loaded_shapes(self, state: dict, groups: list[dict]) -> None:
+        """Refuse (before anything changes) a state whose element-wise tensors are not shaped
+        like their parameters -- a checkpoint of another model, or groups in another order."""
+        if self.algorithm is None:
+            return
+        index = 0
+        for group in groups:
+            names = self.algorithm.elementwise_names(group)
+            for p in group["params"]:
+                for n in names:
+                    value = state.get(p, {}).get(n)
+                    if isinstance(value, torch.Tensor) and value.shape != p.shape:
+                        raise ValueError(
+                            f"loaded state '{n}' of parameter {index} has shape {tuple(value.shape)}, but the "
+                            f"parameter has shape {tuple(p.shape)}; was the checkpoint written for another model, "
+                            "or with the parameter groups in another order?"
+                        )
+                index += 1
 
     def __getstate__(self) -> dict[str, Any]:
         return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups}
