@@ -231,6 +231,7 @@ class Optimizer(torch.optim.Optimizer):
         fused backend keys what it caches by the original ``group``, so a fresh dict is fine."""
         return group
 
+    @torch.compiler.disable  # as torch's: a compiled caller does not guard on the gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients: to ``None`` (default), or to zeros when ``set_to_none=False``."""
         with torch.autograd.profiler.record_function(f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"):
