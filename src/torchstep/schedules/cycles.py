@@ -111,7 +111,7 @@ class OneCycle(Schedule):
     ``phases`` are ``(end_step, start, end)``; phase ``k`` covers ``e_{k-1} < t <= e_k``
     (``e_{-1} = 0``; the last phase also takes every later step) and anneals over it::
 
-        v(t) = anneal(start_k, end_k, e_k - e_{k-1})(t - e_{k-1})
+        v(t) = anneal(start_k, end_k, 1)(pct),    pct = (t - e_{k-1}) / (e_k - e_{k-1})
 
     with ``anneal`` the :class:`~.shapes.Cosine` ("cos") or :class:`~.shapes.Linear` ("linear")
     shape -- or a function ``anneal(start, end, pct)`` of the fraction ``pct`` of the phase done
@@ -133,9 +133,10 @@ class OneCycle(Schedule):
         last = len(self.phases) - 1
         for k, (end_step, start, end) in enumerate(self.phases):
             if step <= end_step or k == last:
+                pct = (step - begin) / (end_step - begin)  # torch's order of operations, to the bit
                 if callable(self.anneal):
-                    return self.anneal(start, end, (step - begin) / (end_step - begin))
-                return ANNEAL_SHAPES[self.anneal](start, end, end_step - begin)(step - begin)
+                    return self.anneal(start, end, pct)
+                return ANNEAL_SHAPES[self.anneal](start, end, 1.0)(pct)
             begin = end_step
         raise ValueError("OneCycle needs at least one phase")
 

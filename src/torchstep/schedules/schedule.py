@@ -98,11 +98,18 @@ class Join(Schedule):
         return self.pieces[k](step - self._offset(k))
 
     def ratio(self, step: float) -> Any:
-        """Inside a piece, that piece's own ratio; across a boundary, the quotient of the values."""
+        """Inside a piece, that piece's own ratio; on a boundary, the quotient of the values.
+
+        Stepping switches pieces on the step that equals a boundary, as torch's recursion does
+        (ConstantLR's ``last_epoch == total_iters``): a fractional boundary is stepped over with
+        ratio 1, though the closed form switches at ``ceil(boundary)``.
+        """
         k = self._index(step)
         if self._index(step - 1) == k:
             return self.pieces[k].ratio(step - self._offset(k))
-        return super().ratio(step)
+        if step in self.boundaries:
+            return super().ratio(step)
+        return 1.0
 
 
 @dataclass(frozen=True)
