@@ -46,12 +46,14 @@ class Case:
     lrs: list[float]
     build: Callable[[Any, Any, int], Any]
     tensor_lr: list[bool] = field(default_factory=list)
+    optimizer: str = "SGD"  # or "Adam" (momentum lives in betas[0])
     momentum: float = 0.9
     resume: int = -1  # >= 0: rebuild with last_epoch=resume after resume + 1 fresh steps
     steps: int = 20
     metrics: list[Any] = field(default_factory=list)
     epochs: dict[int, Any] = field(default_factory=dict)  # step index -> deprecated step(epoch) argument
-    roundtrip: dict[int, str] = field(default_factory=dict)  # step index -> "self" or "cross"
+    roundtrip: dict[int, str] = field(default_factory=dict)  # step index -> "self", "pickle" or "cross"
+    get_lr_at: set[int] = field(default_factory=set)  # step indices after which get_lr() is called directly
     text: str = ""
 
 
@@ -219,11 +221,17 @@ def draw_swalr(rng, n):
     return build, _text("SWALR", kwargs)
 
 
+NOT_CHAINABLE = ["CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR", "SWALR", "ReduceLROnPlateau"]
+
+
 def _children(rng: random.Random, n: int, nested: bool) -> list[tuple[Callable, str]]:
     out = []
     for _ in range(rng.randint(1, 3)):
-        if nested and rng.random() < 0.15:
+        r = rng.random()
+        if nested and r < 0.15:
             out.append(draw_chained(rng, n, nested=False))
+        elif r > 0.9:  # torch takes these too (ReduceLROnPlateau: ValueError)
+            out.append(DRAWS[rng.choice(NOT_CHAINABLE)](rng, n))
         else:
             out.append(draw_chainable(rng, n))
     return out
@@ -286,6 +294,7 @@ def draw_case(kind: str, rng: random.Random) -> Case:
     lrs = [rng.choice([0.1, 0.05, 0.01, 1.0, 1, 0.5, 1e-3, 3.0]) for _ in range(n)]
     build, text = DRAWS[kind](rng, n)
     case = Case(kind, lrs, build, tensor_lr=[rng.random() < 0.15 for _ in range(n)],
+                optimizer="Adam" if rng.random() < 0.1 else "SGD",
                 momentum=rng.choice([0.9, 0.0, 0.5]), steps=rng.randint(1, 60), text=text)
     if kind in RESUMABLE and rng.random() < 0.2:
         case.resume = rng.choice([0, 1, 3, 7])
@@ -296,4 +305,6 @@ def draw_case(kind: str, rng: random.Random) -> Case:
         case.epochs[at] = rng.randint(0, 30) if kind != "CosineAnnealingWarmRestarts" else rng.choice([0, 2.5, 7, 12.25, 31])
     for _ in range(rng.choice([0, 0, 1, 2])):
         case.roundtrip[rng.randrange(case.steps)] = rng.choice(["self", "cross", "pickle"])
+    if kind != "ReduceLROnPlateau" and rng.random() < 0.1:
+        case.get_lr_at.add(rng.randrange(case.steps))
     return case

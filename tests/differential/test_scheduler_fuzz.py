@@ -38,15 +38,15 @@ import torchstep.optim.swa_utils
 
 LIBS = {
     "torch": (types.SimpleNamespace(**vars(torch.optim.lr_scheduler), SWALR=torch.optim.swa_utils.SWALR),
-              torch.optim.SGD),
+              torch.optim),
     "torchstep": (types.SimpleNamespace(**vars(torchstep.optim.lr_scheduler), SWALR=torchstep.optim.swa_utils.SWALR),
-                  torchstep.optim.SGD),
+                  torchstep.optim),
 }
 REL = 1e-12
 MAX_REDRAWS = 30
 
 
-def seeds_from_env(default: str = "0-11") -> list[int]:
+def seeds_from_env(default: str = "0-59") -> list[int]:
     spec = os.environ.get("TORCHSTEP_FUZZ_SEEDS", default)
     out: list[int] = []
     for part in spec.split(","):
@@ -74,6 +74,11 @@ def close(a: Any, b: Any) -> bool:
     return True  # functions, objects: not compared by value
 
 
+def same_type(a: Any, b: Any) -> bool:
+    """A tensor lr stays a tensor, an int stays an int (torch keeps the group's value where it can)."""
+    return type(a) is type(b) or (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor))
+
+
 def state_difference(a: Any, b: Any, path: str = "state") -> str | None:
     """The first place two state_dicts differ in keys or in numeric values, or None."""
     if isinstance(a, dict) and isinstance(b, dict):
@@ -94,6 +99,8 @@ def state_difference(a: Any, b: Any, path: str = "state") -> str | None:
         return None
     if isinstance(a, (dict, list, tuple)) != isinstance(b, (dict, list, tuple)):
         return f"{path}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+        return f"{path}: {type(a).__name__} != {type(b).__name__}"
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape != b.shape:
         return f"{path}: tensor shapes {tuple(a.shape)} != {tuple(b.shape)}"
     return None if close(a, b) else f"{path}: torch {a!r} != torchstep {b!r}"
@@ -104,19 +111,23 @@ class Side:
 
     def __init__(self, lib: str, case: Case) -> None:
         self.lib, self.case = lib, case
-        self.L, sgd = LIBS[lib]
+        self.L, optim = LIBS[lib]
         groups = [{"params": [torch.nn.Parameter(torch.zeros(1))],
                    "lr": torch.tensor(lr, dtype=torch.float64) if t else lr}
                   for lr, t in zip(case.lrs, case.tensor_lr)]
-        self.opt = sgd(groups, lr=0.1, momentum=case.momentum)
+        if case.optimizer == "Adam":
+            self.opt = optim.Adam(groups, lr=0.1, betas=(case.momentum, 0.999))
+        else:
+            self.opt = optim.SGD(groups, lr=0.1, momentum=case.momentum)
         self.sched: Any = None
 
     def snapshot(self) -> list[Any]:
         out: list[Any] = []
         for g in self.opt.param_groups:
             out.append(g["lr"])
-            out.append(g.get("momentum"))
+            out.append(g["betas"][0] if "betas" in g else g.get("momentum"))
         out.extend(self.sched.get_last_lr() if self.sched is not None else [])
+        out.extend(self.__dict__.pop("direct", []))
         return out
 
     def step(self, i: int) -> None:
@@ -155,8 +166,8 @@ def lockstep(theirs: Side, ours: Side, where: str, action) -> bool:
     if wa != wb:
         raise Difference(f"{where}: warnings differ\n  torch:     {wa}\n  torchstep: {wb}")
     sa, sb = theirs.snapshot(), ours.snapshot()
-    if len(sa) != len(sb) or not all(close(x, y) for x, y in zip(sa, sb)):
-        raise Difference(f"{where}: torch {[value(x) for x in sa]}\n  != torchstep {[value(x) for x in sb]}")
+    if len(sa) != len(sb) or not all(close(x, y) and same_type(x, y) for x, y in zip(sa, sb)):
+        raise Difference(f"{where}: torch {sa}\n  != torchstep {sb}")
     return True
 
 
@@ -177,6 +188,11 @@ def roundtrip(theirs: Side, ours: Side, i: int, how: str) -> bool:
         def load(side):
             side.sched.load_state_dict(copy.deepcopy(side.sched.state_dict()))
     return lockstep(theirs, ours, f"load_state_dict ({how}) after step {i}", load)
+
+
+def get_lr(side: Side) -> None:
+    """A direct ``get_lr()`` call: its values go into ``_direct`` (compared with the snapshot)."""
+    side.direct = side.sched.get_lr()
 
 
 def construct(theirs: Side, ours: Side) -> bool:
@@ -208,6 +224,8 @@ def run_case(case: Case) -> bool:
     for i in range(case.steps):
         if not lockstep(theirs, ours, f"step {i}", lambda side: side.step(i)):
             return True
+        if i in case.get_lr_at and not lockstep(theirs, ours, f"get_lr() after step {i}", get_lr):
+            return True
         if i in case.roundtrip and not roundtrip(theirs, ours, i, case.roundtrip[i]):
             return True
     found = state_difference(theirs.sched.state_dict(), ours.sched.state_dict())
@@ -227,7 +245,7 @@ def fuzz(kind: str, seeds: list[int]) -> tuple[int, int, list[str]]:
             try:
                 ok = run_case(case)
             except Difference as diff:
-                failures.append(f"seed {seed}: {case.text} lrs={case.lrs} tensor={case.tensor_lr} "
+                failures.append(f"seed {seed}: {case.text} {case.optimizer} lrs={case.lrs} tensor={case.tensor_lr} "
                                 f"resume={case.resume} steps={case.steps} epochs={case.epochs} "
                                 f"roundtrip={case.roundtrip}\n  {diff}")
                 break

@@ -42,7 +42,7 @@ class Schedule:
         return Floor(self, minimum)
 
     def ratio(self, step: float) -> Any:
-        """The factor one step applies, ``v(t) / v(t - 1)``.
+        """The factor one step applies, ``v(t) / v(t - 1)``; the integer ``1`` where nothing changes.
 
         torch's chainable schedulers move the current lr by this factor each step, so a shape
         whose quotient simplifies (``gamma`` for an exponential) states the simplified form: the
@@ -109,7 +109,7 @@ class Join(Schedule):
             return self.pieces[k].ratio(step - self._offset(k))
         if step in self.boundaries:
             return super().ratio(step)
-        return 1.0
+        return 1
 
 
 @dataclass(frozen=True)

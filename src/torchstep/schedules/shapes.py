@@ -41,7 +41,7 @@ class Constant(Schedule):
         return self.value
 
     def ratio(self, step: float) -> Any:
-        return 1.0
+        return 1
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Linear(Schedule):
 
     def ratio(self, step: float) -> Any:
         if self.hold and step > self.steps:
-            return 1.0
+            return 1
         rise = self.end - self.start
         return 1.0 + rise / (self.steps * self.start + (step - 1) * rise)
 
@@ -138,7 +138,7 @@ class StepDecay(Schedule):
     def ratio(self, step: float) -> Any:
         """``gamma`` at every multiple of ``step_size``, else 1 -- the step torch's StepLR takes,
         also for a negative ``step_size`` (where torch's closed form and recursion part ways)."""
-        return self.gamma if step % self.step_size == 0 else 1.0
+        return self.gamma if step % self.step_size == 0 else 1
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ class MultiStepDecay(Schedule):
     def ratio(self, step: float) -> Any:
         """``gamma ** k`` at a milestone listed ``k`` times, else 1."""
         hits = bisect.bisect_right(self.milestones, step) - bisect.bisect_left(self.milestones, step)
-        return self.gamma**hits if hits else 1.0
+        return self.gamma**hits if hits else 1
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Polynomial(Schedule):
     def ratio(self, step: float) -> Any:
         """``((1 - t / steps) / (1 - (t - 1) / steps)) ** power`` up to ``steps`` (for ``end = 0``), then 1."""
         if step > self.steps:
-            return 1.0
+            return 1
         if self.end != 0:
             return super().ratio(step)
         return ((1.0 - step / self.steps) / (1.0 - (step - 1) / self.steps)) ** self.power

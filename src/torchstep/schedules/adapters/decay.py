@@ -44,9 +44,12 @@ __all__ = ["LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ConstantLR"
 
 
 def _scale(lr: Any, anchor: float, ratio: Any) -> Any:
-    """``anchor + (lr - anchor) * ratio`` in torch's operation order (a ratio of 1 keeps ``lr``)."""
-    if ratio == 1:
-        return lr.clone() if hasattr(lr, "clone") else lr
+    """``anchor + (lr - anchor) * ratio`` in torch's operation order.
+
+    A shape's "no change" is the integer 1, which keeps ``lr``'s value and type (an int lr stays
+    an int, as where torch returns the group's lr untouched); a float factor of 1.0 makes it a
+    float, as torch's multiplication does.
+    """
     if anchor == 0:
         return lr * ratio
     return ratio * (lr - anchor) + anchor
@@ -64,7 +67,7 @@ class _ChainableLR(LRScheduler):
 
     def anchor(self) -> float:
         """The value the factor scales towards: ``lr(t) = anchor + (base_lr - anchor) * u(t)``."""
-        return 0.0
+        return 0
 
     def schedule(self, group: int = 0) -> Schedule:
         """The closed form of group ``group``'s lr: ``Scaled(u, base_lr, anchor)``."""
@@ -93,6 +96,8 @@ class _ChainableLR(LRScheduler):
 
     def _get_closed_form_lr(self) -> list[Any]:
         u, a, t = self.factor_schedule(), self.anchor(), self.last_epoch
+        if a == 0:
+            return [base * u(t) for base in self.base_lrs]
         return [a + (base - a) * u(t) for base in self.base_lrs]
 
 
@@ -107,10 +112,10 @@ class StepLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return StepDecay(self.step_size, self.gamma)
+        return StepDecay(self.step_size, self.gamma, 1)
 
     def step_zero_factor(self) -> Any:
-        return 1.0
+        return 1
 
 
 class MultiStepLR(_ChainableLR):
@@ -124,7 +129,7 @@ class MultiStepLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return MultiStepDecay(tuple(self.milestones.elements()), self.gamma)
+        return MultiStepDecay(tuple(self.milestones.elements()), self.gamma, 1)
 
 
 class ConstantLR(_ChainableLR):
@@ -148,7 +153,8 @@ class ConstantLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return Join((Constant(self.factor), Constant(1.0)), (self.total_iters,))
+        # after total_iters: 1, of the type torch's closed form gives it (factor + (1 - factor))
+        return Join((Constant(self.factor), Constant(self.factor + (1 - self.factor))), (self.total_iters,))
 
     def step_zero_factor(self) -> Any:
         return self.factor
@@ -189,7 +195,7 @@ class ExponentialLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return Exponential(self.gamma)
+        return Exponential(self.gamma, 1)
 
 
 class PolynomialLR(_ChainableLR):
