@@ -270,9 +270,10 @@ DRAWS: dict[str, Callable[[random.Random, int], tuple[Callable, str]]] = {
     "ChainedScheduler": draw_chained, "ReduceLROnPlateau": draw_plateau, "SWALR": draw_swalr,
 }
 RESUMABLE = set(DRAWS) - {"ReduceLROnPlateau", "ChainedScheduler"}
+# classes whose step() takes the deprecated epoch argument (a closed form where they have one)
 CLOSED_FORM_EPOCHS = {"StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR", "PolynomialLR",
                       "CosineAnnealingLR", "CosineAnnealingWarmRestarts", "LambdaLR", "MultiplicativeLR",
-                      "CyclicLR", "OneCycleLR"}
+                      "CyclicLR", "OneCycleLR", "SWALR", "ReduceLROnPlateau"}
 
 
 def draw_metrics(rng: random.Random, steps: int) -> list[Any]:

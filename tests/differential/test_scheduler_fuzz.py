@@ -133,7 +133,7 @@ class Side:
     def step(self, i: int) -> None:
         self.opt.step()
         if self.case.kind == "ReduceLROnPlateau":
-            self.sched.step(self.case.metrics[i])
+            self.sched.step(self.case.metrics[i], *([self.case.epochs[i]] if i in self.case.epochs else []))
         elif i in self.case.epochs:
             self.sched.step(self.case.epochs[i])
         else:
@@ -217,8 +217,6 @@ def construct(theirs: Side, ours: Side) -> bool:
 def run_case(case: Case) -> bool:
     """Compare one case; True when torch accepted the configuration (constructed it)."""
     theirs, ours = Side("torch", case), Side("torchstep", case)
-    if case.kind == "ReduceLROnPlateau" and case.epochs:
-        case.epochs.clear()
     if not construct(theirs, ours):
         return False
     for i in range(case.steps):
