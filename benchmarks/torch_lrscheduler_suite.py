@@ -36,7 +36,8 @@ def rewrite(text: str) -> str:
         text, count = re.subn(pattern, replacement, text)
         if count == 0:
             raise SystemExit(f"pattern not found (has the file changed?): {pattern}")
-    return text.replace("import torch\n", "import torch\nimport torchstep.optim\nimport torchstep.optim.lr_scheduler\n", 1)
+    imports = "import torch\nimport torchstep.optim\nimport torchstep.optim.lr_scheduler\n"
+    return text.replace("import torch\n", imports, 1)
 
 
 def run(path: Path) -> str:

@@ -303,7 +303,8 @@ def draw_case(kind: str, rng: random.Random) -> Case:
         case.metrics = draw_metrics(rng, case.steps)
     if kind in CLOSED_FORM_EPOCHS and rng.random() < 0.1:
         at = rng.randrange(case.steps)
-        case.epochs[at] = rng.randint(0, 30) if kind != "CosineAnnealingWarmRestarts" else rng.choice([0, 2.5, 7, 12.25, 31])
+        fractional = kind == "CosineAnnealingWarmRestarts"
+        case.epochs[at] = rng.choice([0, 2.5, 7, 12.25, 31]) if fractional else rng.randint(0, 30)
     for _ in range(rng.choice([0, 0, 1, 2])):
         case.roundtrip[rng.randrange(case.steps)] = rng.choice(["self", "cross", "pickle"])
     if kind != "ReduceLROnPlateau" and rng.random() < 0.1:
