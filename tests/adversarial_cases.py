@@ -216,6 +216,58 @@ def param_made_non_contiguous() -> None:
     _mutating(lambda t: setattr(t, "data", t.data.view(-1).flip(0).view(t.shape) if t.dim() < 2 else t.data.t().contiguous().t()), "param")
 
 
+@case
+def state_as_strided_in_place() -> None:
+    _mutating(lambda t: t.as_strided_((t.numel() // 2,), (2,)), "state")
+
+
+@case
+def state_set_to_offset_of_its_storage() -> None:
+    _mutating(lambda t: t.set_(t.untyped_storage(), 2, (t.numel() - 2,), (1,)), "state")
+
+
+@case
+def param_moved_to_meta_device() -> None:
+    _mutating(lambda t: setattr(t, "data", t.data.to("meta")), "param")
+
+
+@case
+def gradients_of_odd_layout() -> None:
+    """Non-contiguous, wrong-dtype-by-.data, and self-aliasing gradients, mid-run."""
+    def odd(kind):
+        def scenario(m):
+            a = torch.randn(6, 4, generator=torch.Generator().manual_seed(1)).requires_grad_()
+            opt = m.Adam([a], lr=0.1)
+            for step in range(4):
+                g = torch.randn(4, 6, generator=torch.Generator().manual_seed(step)).t()
+                a.grad = g if kind == "strided" or step < 2 else g.contiguous()
+                if kind == "self" and step >= 2:
+                    a.grad = a.detach()
+                opt.step()
+            return [a, *opt.state[a].values()]
+        return scenario
+    for kind in ("strided", "self"):
+        agree(odd(kind))
+
+
+@case
+def mixed_dtype_group_after_load() -> None:
+    """A float32 + float64 group: loaded 0-d state follows each parameter's dtype."""
+    for name in ("NAdam", "ASGD", "Adam"):
+        def scenario(m, name=name):
+            ps = [torch.randn(3, generator=torch.Generator().manual_seed(1)).requires_grad_(),
+                  torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()]
+            opt = getattr(m, name)(ps, lr=1e-2)
+            for step in range(6):
+                for p in ps:
+                    p.grad = torch.full_like(p, 0.5 + step)
+                opt.step()
+                if step == 2:
+                    opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+            return [*ps] + [v for p in ps for v in opt.state[p].values()]
+        agree(scenario, rtol=1e-6, atol=1e-9)
+
+
 # -- 4. loaded state of the wrong shape ---------------------------------------------------------
 
 

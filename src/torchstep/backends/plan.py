@@ -6,8 +6,8 @@ data pointers the kernel reads -- costs Python time per tensor. A :class:`Plan` 
 Because a kernel that takes raw pointers is trusted with memory, nothing cached is believed
 without a check: every step, before any kernel runs, :meth:`Plan.still_valid` compares each
 tensor the kernel will touch (parameters, gradients, every state tensor) with what the plan
-recorded -- data pointer, shape, dtype, device, contiguity (the only stride layout the
-kernels take), and the identity of the state tensors (``load_state_dict`` replaces them) -- and
+recorded -- data pointer, strides, size, dtype, device (contiguity, the only layout the
+kernels take, follows), and the identity of the state tensors (``load_state_dict`` replaces them) -- and
 checks that no gradient overlaps memory the kernel writes. Anything else rebuilds the plan, and
 the build refuses what the kernel must never see (:func:`fusable`, :func:`check_state_shape`,
 :func:`overlapping`).
@@ -15,8 +15,6 @@ the build refuses what the kernel must never see (:func:`fusable`, :func:`check_
 
 from __future__ import annotations
 
-import array
-import bisect
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ _T = torch.Tensor
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+_PLAIN_SET = frozenset(_PLAIN_TYPES)
 
 
 def is_plain(t: Any) -> bool:
@@ -71,70 +70,88 @@ class Written:
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         spans = sorted(extent(t) for t in tensors if t.numel())
-        self.starts = [s for s, _ in spans]
-        self.ends = [e for _, e in spans]
+        self.starts = torch.tensor([s for s, _ in spans] or [0], dtype=torch.int64)
+        self.ends = torch.tensor([e for _, e in spans] or [0], dtype=torch.int64)
 
-    def hit_by(self, starts: list[int], ends: list[int]) -> bool:
+    def hit_by(self, starts: torch.Tensor, ends: torch.Tensor) -> bool:
         """Whether any [starts[i], ends[i]) overlaps a written range."""
-        for s, e in zip(starts, ends):
-            k = bisect.bisect_left(self.starts, e) - 1
-            if k >= 0 and self.ends[k] > s:
-                return True
-        return False
+        k = torch.searchsorted(self.starts, ends) - 1  # the last written range starting before ends[i]
+        return bool(((k >= 0) & (self.ends[k.clamp(min=0)] > starts)).any())
 
 
 class Column:
     """One operand's tensors (e.g. every fused parameter's ``exp_avg``) and their metadata."""
 
-    __slots__ = ("tensors", "ptrs", "shapes", "dtypes")
+    __slots__ = ("tensors", "ptrs", "strides", "numels", "dtypes")
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         self.tensors = tensors
         self.ptrs = list(map(_T.data_ptr, tensors))
-        self.shapes = list(map(_T.size, tensors))
+        self.strides = list(map(_T.stride, tensors))
+        self.numels = list(map(_T.numel, tensors))
         self.dtypes = list(map(_dtype_of, tensors))
 
-    def holds(self, tensors: list[torch.Tensor]) -> bool:
-        """Same objects, same storage address, shape, dtype, still contiguous."""
-        return (all(map(operator.is_, tensors, self.tensors))
+    def holds(self, tensors: list[torch.Tensor], same_objects: bool = False) -> bool:
+        """Same objects (unless the caller knows they are), same storage address, strides, size
+        and dtype. (The tensors were contiguous when recorded: with the same strides and size
+        they still are, and -- for a contiguous tensor -- strides and size fix the shape.)"""
+        return ((same_objects or all(map(operator.is_, tensors, self.tensors)))
                 and list(map(_T.data_ptr, tensors)) == self.ptrs
-                and list(map(_T.size, tensors)) == self.shapes
-                and list(map(_dtype_of, tensors)) == self.dtypes
-                and all(map(_T.is_contiguous, tensors)))
+                and list(map(_T.stride, tensors)) == self.strides
+                and list(map(_T.numel, tensors)) == self.numels
+                and list(map(_dtype_of, tensors)) == self.dtypes)
 
 
 class GroupCounters:
-    """A group's per-parameter 0-d state (``step``, and e.g. NAdam's ``mu_product``), each name
-    kept as views into one buffer, so bumping or refreshing all of them is one operation while
-    every ``state[name]`` stays a 0-d tensor of its own, as torch lays it out."""
+    """A group's per-parameter 0-d state (``step``, and e.g. NAdam's ``mu_product``). Where every
+    parameter's counter of a name has one dtype and device, they become views into one buffer,
+    so bumping or refreshing all of them is one operation while every ``state[name]`` stays a
+    0-d tensor of its own, as torch lays it out. Otherwise (a group mixing float32 and float64
+    parameters, whose loaded ``mu_product`` follows each parameter's dtype) they stay as they are
+    and are handled one by one."""
 
     def __init__(self) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
+        self.loose: dict[str, list[torch.Tensor]] = {}
 
     def attach(self, names: tuple[str, ...], params: list, states: list) -> None:
-        """Make every listed counter a view into a fresh buffer holding the current values; the
-        i-th parameter's counter is element i."""
-        self.buffers = {}
+        """Make every listed counter a view into a fresh buffer holding the current values (the
+        i-th parameter's counter is element i), where their dtypes and devices agree."""
+        self.buffers, self.loose = {}, {}
         for n in names:
-            template = states[0][n]
-            buf = torch.tensor([float(s[n].item()) for s in states], dtype=template.dtype, device=template.device)
+            held = [s[n] for s in states]
+            if len({(t.dtype, t.device) for t in held}) > 1:
+                self.loose[n] = held
+                continue
+            buf = torch.tensor([float(t.item()) for t in held], dtype=held[0].dtype, device=held[0].device)
             for i, s in enumerate(states):
                 s[n] = buf[i]
             self.buffers[n] = buf
 
     def bump(self, name: str, members: list[int] | None = None) -> None:
         """Add one to the counters of ``name`` (all of them, or those at ``members``)."""
-        if members is None:
+        if name in self.loose:
+            for i in range(len(self.loose[name])) if members is None else members:
+                self.loose[name][i].add_(1)
+        elif members is None:
             self.buffers[name].add_(1)
         else:
             buf = self.buffers[name]
-            buf.index_add_(0, torch.tensor(members, dtype=torch.int64, device=buf.device), torch.ones(len(members), dtype=buf.dtype, device=buf.device))
+            index = torch.tensor(members, dtype=torch.int64, device=buf.device)
+            buf.index_add_(0, index, torch.ones(len(members), dtype=buf.dtype, device=buf.device))
 
     def values(self, name: str) -> list[float]:
+        if name in self.loose:
+            return [float(t) for t in self.loose[name]]
         return self.buffers[name].tolist()
 
     def broadcast(self, name: str, positions: list[int], source: torch.Tensor) -> None:
         """Copy one parameter's (just advanced) value to the others of its bucket."""
+        if name in self.loose:
+            for i in positions:
+                if self.loose[name][i] is not source:
+                    self.loose[name][i].copy_(source)
+            return
         self.buffers[name].index_fill_(0, torch.tensor(positions, dtype=torch.int64), source)
 
 
@@ -170,7 +187,7 @@ class Plan:
         self.held_counters = [[s[n] for s in self.states] for n in self.counted]
         self.written = Written([t for col in self.columns for t in col.tensors])
         self._devices = list(map(_device_of, self.params))
-        self._nbytes = [t.numel() * t.element_size() for t in self.params]
+        self._nbytes = torch.tensor([t.numel() * t.element_size() for t in self.params], dtype=torch.int64)
 
     def still_valid(self, with_grad: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """The per-step check (see the module docstring); returns the fused parameters'
@@ -178,7 +195,7 @@ class Plan:
         if len(with_grad) != len(self.with_grad) or not all(map(operator.is_, with_grad, self.with_grad)):
             return None
         params, columns = self.params, self.columns
-        if not columns[0].holds(params) or list(map(_device_of, params)) != self._devices:
+        if not columns[0].holds(params, same_objects=True) or list(map(_device_of, params)) != self._devices:
             return None
         for col, n in zip(columns[1:], self.names):
             if not col.holds([s.get(n) for s in self.states]):
@@ -187,27 +204,27 @@ class Plan:
             if not all(map(operator.is_, [s.get(n) for s in self.states], held)):
                 return None
         grads = [p.grad for p in params]
-        if not all(type(g) in _PLAIN_TYPES for g in grads):
+        if not set(map(type, grads)) <= _PLAIN_SET:
             return None
         try:
             if not all(map(_T.is_contiguous, grads)):
                 return None
         except RuntimeError:  # a sparse gradient has no strides
             return None
-        if (list(map(_T.size, grads)) != columns[0].shapes or list(map(_dtype_of, grads)) != columns[0].dtypes
+        if (list(map(_T.numel, grads)) != columns[0].numels or list(map(_dtype_of, grads)) != columns[0].dtypes
                 or list(map(_device_of, grads)) != self._devices):
             return None
-        starts = list(map(_T.data_ptr, grads))
-        if self.written.hit_by(starts, list(map(operator.add, starts, self._nbytes))):
+        starts = torch.tensor(list(map(_T.data_ptr, grads)), dtype=torch.int64)
+        if self.written.hit_by(starts, starts + self._nbytes):
             return None
         self.grad_ptrs = starts
         return grads
 
 
-def grad_table(ptrs: list[int], members: list[int]) -> torch.Tensor:
+def grad_table(ptrs: torch.Tensor, members: list[int]) -> torch.Tensor:
     """Pointers to this step's gradients of a bucket's members (a complex tensor's real view
     starts at the same address, so no view is needed)."""
-    return torch.frombuffer(array.array("q", [ptrs[i] for i in members]), dtype=torch.int64)
+    return ptrs if len(members) == len(ptrs) else ptrs[torch.tensor(members, dtype=torch.int64)]
 
 
 def pointer_table(tensors: list[torch.Tensor]) -> torch.Tensor:
