@@ -15,6 +15,8 @@ the build refuses what the kernel must never see (:func:`fusable`, :func:`check_
 
 from __future__ import annotations
 
+import array
+import bisect
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,17 +68,22 @@ def overlapping(columns: list[list[torch.Tensor]]) -> set[int]:
 
 
 class Written:
-    """The sorted byte ranges a plan's kernels write, for a per-step check of the gradients."""
+    """The sorted byte ranges a plan's kernels write, for a per-step check of the gradients.
+    (Plain Python on purpose: torch's vector operations would use its intra-op threads, which
+    stall for a scheduler time slice when another process holds a core.)"""
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
-        spans = sorted(extent(t) for t in tensors if t.numel())
-        self.starts = torch.tensor([s for s, _ in spans] or [0], dtype=torch.int64)
-        self.ends = torch.tensor([e for _, e in spans] or [0], dtype=torch.int64)
+        spans = sorted(extent(t) for t in tensors if t.numel()) or [(0, 0)]
+        self.starts, self.ends = [s for s, _ in spans], [e for _, e in spans]
 
-    def hit_by(self, starts: torch.Tensor, ends: torch.Tensor) -> bool:
-        """Whether any [starts[i], ends[i]) overlaps a written range."""
-        k = torch.searchsorted(self.starts, ends) - 1  # the last written range starting before ends[i]
-        return bool(((k >= 0) & (self.ends[k.clamp(min=0)] > starts)).any())
+    def hit_by(self, starts: list[int], nbytes: list[int]) -> bool:
+        """Whether any [starts[i], starts[i] + nbytes[i]) overlaps a written range."""
+        find, written_starts, written_ends = bisect.bisect_left, self.starts, self.ends
+        for s, n in zip(starts, nbytes):
+            k = find(written_starts, s + n) - 1
+            if k >= 0 and written_ends[k] > s:
+                return True
+        return False
 
 
 class Column:
@@ -187,7 +194,7 @@ class Plan:
         self.held_counters = [[s[n] for s in self.states] for n in self.counted]
         self.written = Written([t for col in self.columns for t in col.tensors])
         self._devices = list(map(_device_of, self.params))
-        self._nbytes = torch.tensor([t.numel() * t.element_size() for t in self.params], dtype=torch.int64)
+        self._nbytes = [t.numel() * t.element_size() for t in self.params]
 
     def still_valid(self, with_grad: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """The per-step check (see the module docstring); returns the fused parameters'
@@ -214,17 +221,19 @@ class Plan:
         if (list(map(_T.numel, grads)) != columns[0].numels or list(map(_dtype_of, grads)) != columns[0].dtypes
                 or list(map(_device_of, grads)) != self._devices):
             return None
-        starts = torch.tensor(list(map(_T.data_ptr, grads)), dtype=torch.int64)
-        if self.written.hit_by(starts, starts + self._nbytes):
+        starts = list(map(_T.data_ptr, grads))
+        if self.written.hit_by(starts, self._nbytes):
             return None
         self.grad_ptrs = starts
         return grads
 
 
-def grad_table(ptrs: torch.Tensor, members: list[int]) -> torch.Tensor:
+def grad_table(ptrs: list[int], members: list[int]) -> torch.Tensor:
     """Pointers to this step's gradients of a bucket's members (a complex tensor's real view
     starts at the same address, so no view is needed)."""
-    return ptrs if len(members) == len(ptrs) else ptrs[torch.tensor(members, dtype=torch.int64)]
+    if len(members) != len(ptrs):
+        ptrs = [ptrs[i] for i in members]
+    return torch.frombuffer(array.array("q", ptrs), dtype=torch.int64)
 
 
 def pointer_table(tensors: list[torch.Tensor]) -> torch.Tensor:
