@@ -23,7 +23,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -70,7 +70,7 @@ class Adadelta(Optimizer):
         lr_checks(lr)
         check.in_range(rho, "rho", "rho value", 0.0, 1.0)
         check.at_least(eps, "eps", "epsilon value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        weight_decay_checks(weight_decay)
         defaults = dict(
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, capturable=capturable,
             foreach=foreach, differentiable=differentiable,

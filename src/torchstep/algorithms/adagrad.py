@@ -23,7 +23,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 from ..backends.reference import new_step_tensor
 
 
@@ -84,7 +84,8 @@ class Adagrad(Optimizer):
     ) -> None:
         lr_checks(lr)
         check.at_least(lr_decay, "lr_decay", "lr_decay value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        check.alpha_number(lr_decay, "lr_decay", booleans_refused=False)
+        weight_decay_checks(weight_decay)
         check.at_least(initial_accumulator_value, "initial_accumulator_value", "initial_accumulator_value value")
         check.at_least(eps, "eps", "epsilon value")
         defaults = dict(

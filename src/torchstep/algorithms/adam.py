@@ -31,7 +31,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain, running_max_
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -72,8 +72,8 @@ def adam_defaults(lr, betas, eps, weight_decay, amsgrad, *, foreach, maximize, c
     """Validate Adam-family arguments as torch does; returns the defaults dict."""
     lr_checks(lr, foreach=foreach, capturable=capturable)
     check.at_least(eps, "eps", "epsilon value")
-    check.betas_pair(betas)
-    check.at_least(weight_decay, "weight_decay", "weight_decay value")
+    check.betas_pair(betas, floats_or_tensors=True)
+    weight_decay_checks(weight_decay, decoupled=decoupled_weight_decay)
     for i, b in enumerate(betas):
         check.no_tensor_hyper_with_foreach(b, f"betas[{i}]", foreach=foreach, capturable=capturable)
     betas = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim() else b for b in betas)

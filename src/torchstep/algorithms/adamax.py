@@ -24,7 +24,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain, running_max_
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -49,12 +49,12 @@ ADAMAX_ALGORITHM = Algorithm(
 )
 
 
-def adam_like_checks(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
+def adam_like_checks(lr: Any, betas: Any, eps: Any, weight_decay: Any, decoupled: Any = False) -> None:
     """The checks Adamax, NAdam and RAdam share with torch: lr, eps, betas, weight_decay."""
     lr_checks(lr)
     check.at_least(eps, "eps", "epsilon value")
-    check.betas_pair(betas, allow_tensors=False)
-    check.at_least(weight_decay, "weight_decay", "weight_decay value")
+    check.betas_pair(betas)
+    weight_decay_checks(weight_decay, decoupled=decoupled)
 
 
 class Adamax(Optimizer):

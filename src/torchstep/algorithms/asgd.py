@@ -33,7 +33,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -102,7 +102,7 @@ class ASGD(Optimizer):
         capturable: bool = False,
     ) -> None:
         lr_checks(lr)
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        weight_decay_checks(weight_decay)
         defaults = dict(
             lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
             differentiable=differentiable, capturable=capturable,

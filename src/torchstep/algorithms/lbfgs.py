@@ -116,13 +116,11 @@ class LBFGS(Optimizer):
         line_search_fn: str | None = None,
     ) -> None:
         lr_checks(lr)
-        check.at_least(max_iter, "max_iter", "max_iter", 1)
+        # as in torch, the iteration limits and tolerances are only compared with at the step: a
+        # limit <= 0 (or NaN) means no iteration, a negative tolerance never stops early
         if max_eval is None:
             max_eval = max_iter * 5 // 4
-        check.at_least(max_eval, "max_eval", "max_eval", 1)
-        check.at_least(tolerance_grad, "tolerance_grad", "tolerance_grad", 0.0)
-        check.at_least(tolerance_change, "tolerance_change", "tolerance_change", 0.0)
-        check.whole_number(history_size, "history_size", 1)
+        check.history_length(history_size, "history_size")
         check.one_of(line_search_fn, "line_search_fn", LINE_SEARCHES, "only 'strong_wolfe' is supported", RuntimeError)
         defaults = dict(
             lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,

@@ -110,7 +110,7 @@ class NAdam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        adam_like_checks(lr, betas, eps, weight_decay)
+        adam_like_checks(lr, betas, eps, weight_decay, decoupled_weight_decay)
         check.at_least(momentum_decay, "momentum_decay", "momentum_decay value")
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,

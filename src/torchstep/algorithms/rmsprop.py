@@ -30,7 +30,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -90,7 +90,7 @@ class RMSprop(Optimizer):
         lr_checks(lr)
         check.at_least(eps, "eps", "epsilon value")
         check.at_least(momentum, "momentum", "momentum value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        weight_decay_checks(weight_decay)
         check.at_least(alpha, "alpha", "alpha value")
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,

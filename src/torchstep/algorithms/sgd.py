@@ -26,7 +26,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -40,7 +40,8 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
         "lr": plain(group["lr"]),
         "momentum": momentum,
         "decay": 0.0 if first else momentum,
-        "gain": 1.0 if first else 1.0 - group["dampening"],
+        # dampening is read only where there is a buffer to damp (torch accepts any value otherwise)
+        "gain": 1.0 if first or momentum == 0 else 1.0 - group["dampening"],
         "nesterov": group["nesterov"],
     }
 
@@ -84,9 +85,9 @@ class SGD(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        lr_checks(lr)
-        check.at_least(momentum, "momentum", "momentum value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        lr_checks(lr, nan_ok=True)
+        check.not_below(momentum, "momentum", "momentum value")
+        weight_decay_checks(weight_decay, nan_ok=True)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "Nesterov momentum requires a momentum and zero dampening "

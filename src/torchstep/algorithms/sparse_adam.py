@@ -63,7 +63,7 @@ class SparseAdam(Optimizer):
         check.tensor_scalar(lr, "lr")
         check.positive(lr, "lr", "learning rate")
         check.positive(eps, "eps", "epsilon value")
-        check.betas_pair(betas, allow_tensors=False)
+        check.betas_pair(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize))
         sparse, complex_ = [], []
         for gi, group in enumerate(self.param_groups):

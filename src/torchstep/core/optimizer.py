@@ -96,6 +96,10 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         torch._C._log_api_usage_once("torchstep.optimizer")
+        from . import check
+
+        for name in ("foreach", "fused", "capturable"):
+            check.flag(defaults.get(name), name)
         self.defaults = defaults
         for name in _HOOK_DICTS:
             setattr(self, name, OrderedDict())
@@ -205,7 +209,8 @@ class Optimizer(torch.optim.Optimizer):
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
-        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+        # the option itself, as torch passes it: a value that is not a bool is a TypeError here
+        with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for group in self.param_groups:
                 dispatch.step_group(self, self._backend_group(group), grad_scale, plans_of=group)
