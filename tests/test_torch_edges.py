@@ -153,3 +153,200 @@ def test_odd_argument_like_torch(name, arg, label, value, backend, request):
         assert got[0] == "ok" or got[1] is not AssertionError
         return
     _same_outcome(expected, got, f"{name}({arg}={label})", value if arg == "lr" else None)
+
+
+# -- state torch never writes; SGD's sparse momentum buffer ---------------------------------------
+
+
+def _sparse_grad(i: int) -> torch.Tensor:
+    return torch.sparse_coo_tensor([[i % 4, (i + 1) % 4]], torch.full((2, 2), float(i + 1)), (4, 2))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(momentum=0, dampening=0.5), dict(momentum=0, nesterov=False, maximize=True)])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sgd_without_momentum_writes_no_state(kwargs, sparse):
+    out = []
+    for lib in (torch.optim, ts_optim):
+        p = torch.zeros(4, 2, requires_grad=True)
+        opt = lib.SGD([p], lr=0.1, **kwargs)
+        for i in range(3):
+            p.grad = _sparse_grad(i) if sparse else torch.full((4, 2), float(i))
+            opt.step()
+        out.append((opt.state_dict()["state"], len(opt.state), p.detach().clone()))
+    (t_state, t_len, t_p), (s_state, s_len, s_p) = out
+    assert t_state == {} and t_len == 0
+    assert s_state == t_state and s_len == t_len
+    torch.testing.assert_close(s_p, t_p)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(momentum=0.5, dampening=0.3, maximize=True)],
+)
+def test_sgd_sparse_momentum_buffer_is_sparse(kwargs):
+    out = []
+    for lib in (torch.optim, ts_optim):
+        p = torch.zeros(4, 2, requires_grad=True)
+        opt = lib.SGD([p], lr=0.1, **kwargs)
+        for i in range(4):
+            p.grad = _sparse_grad(i)
+            opt.step()
+        out.append((opt.state_dict()["state"][0]["momentum_buffer"], p.detach().clone()))
+    (t_buf, t_p), (s_buf, s_p) = out
+    assert t_buf.layout == torch.sparse_coo and s_buf.layout == t_buf.layout
+    torch.testing.assert_close(s_buf.to_dense(), t_buf.to_dense())
+    torch.testing.assert_close(s_p, t_p)
+    # and the buffer moves between the libraries through a checkpoint, still sparse
+    for first, second in [(torch.optim, ts_optim), (ts_optim, torch.optim)]:
+        p1, p2 = torch.zeros(4, 2, requires_grad=True), torch.zeros(4, 2, requires_grad=True)
+        a, b = first.SGD([p1], lr=0.1, **kwargs), second.SGD([p2], lr=0.1, **kwargs)
+        p1.grad = _sparse_grad(0)
+        a.step()
+        b.load_state_dict(copy.deepcopy(a.state_dict()))  # torch's load shares the tensors
+        with torch.no_grad():
+            p2.copy_(p1)
+        for i in range(1, 3):
+            p1.grad, p2.grad = _sparse_grad(i), _sparse_grad(i)
+            a.step()
+            b.step()
+        assert b.state[p2]["momentum_buffer"].layout == torch.sparse_coo
+        torch.testing.assert_close(p2.detach(), p1.detach())
+
+
+# -- load_state_dict -----------------------------------------------------------------------------
+
+LOAD_CASES = [
+    ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)), ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("AdamW", dict(lr=0.01)), ("Adagrad", dict(lr=0.1)), ("Adadelta", dict()), ("RMSprop", dict(momentum=0.5, centered=True)),
+    ("Adamax", dict()), ("NAdam", dict(lr=0.01)), ("RAdam", dict(lr=0.01)), ("ASGD", dict(lr=0.05, t0=1.0)),
+    ("Rprop", dict()), ("Adafactor", dict()), ("Muon", dict()), ("SparseAdam", dict()), ("LBFGS", dict()),
+]
+
+
+def _train(opt, params, steps, start=0, sparse=False):
+    gen = torch.Generator().manual_seed(start)
+    for i in range(steps):
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) for p in params]
+
+        def closure():
+            opt.zero_grad()
+            loss = sum(((p - 0.1) ** 2).sum() for p in params)
+            loss.backward()
+            for p, g in zip(params, grads):
+                p.grad = (p.grad + g).to_sparse() if sparse else p.grad + g
+            return loss
+
+        if isinstance(opt, (torch.optim.LBFGS, ts_optim.LBFGS)):
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name,kwargs", LOAD_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(LOAD_CASES)])
+def test_load_casts_state_to_the_parameter_dtype(name, kwargs):
+    """A float32 state (every non-``step`` tensor, 0-d ones included) loaded for float64
+    parameters becomes float64, as torch casts it; the following steps compute in it."""
+    sparse = name == "SparseAdam"
+    src_params = [torch.randn(3, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()]
+    src = getattr(torch.optim, name)(src_params, **kwargs)
+    _train(src, src_params, 3, sparse=sparse)
+    saved = src.state_dict()
+    results = []
+    for lib in (torch.optim, ts_optim):
+        params = [src_params[0].detach().double().requires_grad_()]
+        opt = getattr(lib, name)(params, **kwargs)
+        opt.load_state_dict(copy.deepcopy(saved))
+        dtypes = {k: v.dtype for k, v in opt.state[params[0]].items() if isinstance(v, torch.Tensor)}
+        _train(opt, params, 4, start=10, sparse=sparse)
+        after = {k: v.dtype for k, v in opt.state[params[0]].items() if isinstance(v, torch.Tensor)}
+        results.append((dtypes, after, params[0].detach()))
+    (t_dtypes, t_after, t_p), (s_dtypes, s_after, s_p) = results
+    assert s_dtypes == t_dtypes and s_after == t_after
+    assert all(d == torch.float64 for k, d in t_dtypes.items() if k != "step")
+    torch.testing.assert_close(s_p, t_p, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["LBFGS", "SparseAdam", "Muon", "Adafactor", "Adam", "SGD"])
+def test_load_adds_differentiable_to_defaults_and_later_groups(name):
+    """torch's base ``__setstate__`` puts ``differentiable: False`` into ``defaults``; a group
+    added after a load then carries it too."""
+    out = []
+    for lib in (torch.optim, ts_optim):
+        opt = getattr(lib, name)([torch.zeros(2, 2, requires_grad=True)])
+        opt.load_state_dict(opt.state_dict())
+        if name != "LBFGS":
+            opt.add_param_group({"params": [torch.zeros(3, 3, requires_grad=True)]})
+        out.append((dict(opt.defaults), [sorted(g) for g in opt.param_groups]))
+    assert out[0][0]["differentiable"] is False
+    assert out[1][0].keys() == out[0][0].keys() and out[1][0]["differentiable"] is False
+    assert out[1][1] == out[0][1]
+
+
+def _phase_of_load(lib, name, kwargs, mutate, params_fn=lambda: [torch.ones(3, requires_grad=True)]):
+    """Train 2 steps, mutate the state_dict, load it into a fresh optimizer and step:
+    (where it raised: "load" / "step" / "ok", exception, ...)."""
+    params = params_fn()
+    opt = getattr(lib, name)(params, **kwargs)
+    _train(opt, params, 2)
+    sd = copy.deepcopy(opt.state_dict())
+    mutate(sd)
+    params2 = params_fn()
+    opt2 = getattr(lib, name)(params2, **kwargs)
+    try:
+        opt2.load_state_dict(sd)
+    except Exception as exc:  # noqa: BLE001
+        return "load", exc
+    try:
+        _train(opt2, params2, 1)
+    except Exception as exc:  # noqa: BLE001
+        return "step", exc
+    return "ok", None
+
+
+def _drop_state(key):
+    def mutate(sd):
+        for st in sd["state"].values():
+            st.pop(key, None)
+    return mutate
+
+
+def _drop_group(key):
+    def mutate(sd):
+        for g in sd["param_groups"]:
+            g.pop(key, None)
+    return mutate
+
+
+def _sgd_state(sd):
+    sd["state"] = {0: {"momentum_buffer": torch.zeros(3)}}
+
+
+INCOMPLETE = [
+    ("Adam", _drop_state("exp_avg_sq"), "exp_avg_sq"), ("Adam", _drop_state("step"), "step"),
+    ("Adam", _drop_group("lr"), "lr"), ("Adam", _drop_group("betas"), "betas"), ("Adam", _sgd_state, "step"),
+    ("AdamW", _drop_group("weight_decay"), "weight_decay"), ("NAdam", _drop_state("mu_product"), "mu_product"),
+    ("ASGD", _drop_state("eta"), "eta"), ("ASGD", _drop_state("ax"), "ax"), ("RMSprop", _drop_state("square_avg"), "square_avg"),
+    ("Rprop", _drop_state("prev"), "prev"), ("Adadelta", _drop_state("acc_delta"), "acc_delta"),
+    ("Adamax", _drop_state("exp_inf"), "exp_inf"), ("RAdam", _drop_group("eps"), "eps"), ("SGD", _drop_group("lr"), "lr"),
+    ("Adagrad", _drop_state("step"), "step"), ("Adam", _drop_group("amsgrad"), None), ("SGD", _drop_group("nesterov"), None),
+    ("RMSprop", _drop_group("centered"), None), ("SGD", _drop_state("momentum_buffer"), None),
+]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name,mutate,key", INCOMPLETE, ids=[f"{n}-{k}-{i}" for i, (n, _, k) in enumerate(INCOMPLETE)])
+def test_incomplete_state_dict_like_torch(name, mutate, key):
+    """torch raises KeyError at the load (a state entry its ``__setstate__`` reads) or at the step
+    (an entry or group option the step reads), and fills in only its own list of options;
+    torchstep raises the same, at the same moment, naming the key."""
+    kwargs = dict(momentum=0.9) if name == "SGD" else {}
+    t_phase, t_exc = _phase_of_load(torch.optim, name, kwargs, mutate)
+    s_phase, s_exc = _phase_of_load(ts_optim, name, kwargs, mutate)
+    assert (s_phase, type(s_exc)) == (t_phase, type(t_exc)), (t_phase, t_exc, s_phase, s_exc)
+    if key is not None:
+        assert t_phase != "ok" and isinstance(t_exc, KeyError)
+        assert repr(key) in str(s_exc)
+    else:
+        assert t_phase == "ok"

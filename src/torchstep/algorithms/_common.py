@@ -9,6 +9,11 @@ import torch
 from ..core import check
 
 
+# the options torch's ``__setstate__`` fills in for most of its optimizers (see
+# ``Optimizer._load_defaults``); classes add their own
+LOAD_FLAGS = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
+
+
 def lr_checks(lr: Any, *, foreach: Any = None, capturable: bool = False, strictly_positive: bool = False,
               nan_ok: bool = False) -> None:
     """Validate ``lr`` (a float or a 1-element tensor) as torch does. ``nan_ok``: only a value

@@ -23,7 +23,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks, weight_decay_checks
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -51,6 +51,8 @@ ADADELTA_ALGORITHM = Algorithm(
 
 class Adadelta(Optimizer):
     """Adadelta; see :mod:`torchstep.algorithms.adadelta`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = ADADELTA_ALGORITHM
 

@@ -94,6 +94,8 @@ def adafactor_update(p, g, state, *, lr, beta2_decay, eps1, eps2, d, weight_deca
 class Adafactor(PerTensorOptimizer):
     """Adafactor; see :mod:`torchstep.algorithms.adafactor`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,

@@ -60,11 +60,14 @@ def sparse_update(p, g, sum, *, clr, eps) -> None:  # noqa: A002
 ADAGRAD_ALGORITHM = Algorithm(
     name="adagrad", state_names=state_names, scalars=scalars, update=update, init=init,
     sparse_update=sparse_update, sparse_weight_decay=False,
+    lazy_state=True,  # the accumulator is created at the first step (torch: at construction)
 )
 
 
 class Adagrad(Optimizer):
     """Adagrad; see :mod:`torchstep.algorithms.adagrad`."""
+
+    _load_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}  # what torch's __setstate__ fills in
 
     algorithm = ADAGRAD_ALGORITHM
 

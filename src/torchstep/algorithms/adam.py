@@ -31,7 +31,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain, running_max_
-from ._common import lr_checks, weight_decay_checks
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -86,6 +86,8 @@ def adam_defaults(lr, betas, eps, weight_decay, amsgrad, *, foreach, maximize, c
 
 class Adam(Optimizer):
     """Adam / AMSGrad; ``decoupled_weight_decay=True`` makes it AdamW. See :mod:`torchstep.algorithms.adam`."""
+
+    _load_defaults = {**LOAD_FLAGS, "amsgrad": False, "decoupled_weight_decay": False, "fused": None}  # what torch's __setstate__ fills in
 
     algorithm = ADAM_ALGORITHM
 

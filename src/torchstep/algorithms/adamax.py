@@ -24,7 +24,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain, running_max_
-from ._common import lr_checks, weight_decay_checks
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -59,6 +59,8 @@ def adam_like_checks(lr: Any, betas: Any, eps: Any, weight_decay: Any, decoupled
 
 class Adamax(Optimizer):
     """Adamax; see :mod:`torchstep.algorithms.adamax`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = ADAMAX_ALGORITHM
 

@@ -33,7 +33,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks, weight_decay_checks
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -85,6 +85,8 @@ ASGD_ALGORITHM = Algorithm(
 
 class ASGD(Optimizer):
     """Averaged SGD; the average is ``optimizer.state[p]["ax"]``. See :mod:`torchstep.algorithms.asgd`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = ASGD_ALGORITHM
 

@@ -104,6 +104,8 @@ MEMORY_KEYS = ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad
 class LBFGS(Optimizer):
     """L-BFGS over one parameter group; ``step`` needs a closure. See :mod:`torchstep.algorithms.lbfgs`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,

@@ -71,6 +71,8 @@ def require_matrix(p: torch.Tensor) -> None:
 class Muon(PerTensorOptimizer):
     """Muon for 2-D parameters; see :mod:`torchstep.algorithms.muon`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,

@@ -33,6 +33,7 @@ from ..backends.reference import new_step_tensor, upgrade_scalar_state
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
+from ._common import LOAD_FLAGS
 from ..core.wrappers import plain
 from .adamax import adam_like_checks
 
@@ -92,6 +93,8 @@ NADAM_ALGORITHM = Algorithm(
 
 class NAdam(Optimizer):
     """NAdam; see :mod:`torchstep.algorithms.nadam`."""
+
+    _load_defaults = {**LOAD_FLAGS, "decoupled_weight_decay": False}  # what torch's __setstate__ fills in
 
     algorithm = NADAM_ALGORITHM
 

@@ -32,6 +32,7 @@ import torch
 
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
+from ._common import LOAD_FLAGS
 from ..core.wrappers import plain
 from .adamax import adam_like_checks
 
@@ -78,6 +79,8 @@ RADAM_ALGORITHM = Algorithm(
 
 class RAdam(Optimizer):
     """RAdam; see :mod:`torchstep.algorithms.radam`."""
+
+    _load_defaults = {**LOAD_FLAGS, "decoupled_weight_decay": False}  # what torch's __setstate__ fills in
 
     algorithm = RADAM_ALGORITHM
 

@@ -30,7 +30,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks, weight_decay_checks
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -70,6 +70,8 @@ RMSPROP_ALGORITHM = Algorithm(
 
 class RMSprop(Optimizer):
     """RMSprop; see :mod:`torchstep.algorithms.rmsprop`."""
+
+    _load_defaults = {**LOAD_FLAGS, "momentum": 0, "centered": False}  # what torch's __setstate__ fills in
 
     algorithm = RMSPROP_ALGORITHM
 

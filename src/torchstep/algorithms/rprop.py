@@ -29,7 +29,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import LOAD_FLAGS, lr_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -76,6 +76,8 @@ def _check_etas(etas: Any) -> None:
 
 class Rprop(Optimizer):
     """Rprop; see :mod:`torchstep.algorithms.rprop`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = RPROP_ALGORITHM
 

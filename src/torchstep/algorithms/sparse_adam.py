@@ -52,6 +52,8 @@ def sparse_adam_update(p, g, exp_avg, exp_avg_sq, *, step: int, lr: float, beta1
 class SparseAdam(Optimizer):
     """Adam for sparse gradients; see :mod:`torchstep.algorithms.sparse_adam`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,
