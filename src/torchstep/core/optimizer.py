@@ -387,13 +387,13 @@ class Optimizer(torch.optim.Optimizer):
         for name in _HOOK_DICTS:
             if name not in self.__dict__:
                 setattr(self, name, OrderedDict())
-        # as torch's base class: `differentiable` is an option every optimizer has, so a later
-        # add_param_group copies it into the new group too
-        self.defaults.setdefault("differentiable", False)
         if self._load_defaults is None:
             fill = {k: v for k, v in self.defaults.items() if v is not required}
         else:
             fill = self._load_defaults
+        # as torch's base class: `differentiable` is an option every optimizer has, so a later
+        # add_param_group copies it into the new group too (loaded groups are left as they are)
+        self.defaults.setdefault("differentiable", False)
         for group in self.param_groups:
             for key, default in fill.items():
                 group.setdefault(key, default)
