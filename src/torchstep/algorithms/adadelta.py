@@ -22,7 +22,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import add_, addcmul_, plain
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -36,11 +36,11 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 
 def update(p, g, square_avg, acc_delta, *, lr, rho, eps) -> None:
     """The Adadelta accumulator updates and parameter step (see module docstring)."""
-    square_avg.mul_(rho).addcmul_(g, g, value=1 - rho)
+    addcmul_(square_avg.mul_(rho), g, g, value=1 - rho)
     std = (square_avg + eps).sqrt()
     delta = (acc_delta + eps).sqrt() / std * g
-    acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-    p.add_(delta, alpha=-lr)
+    addcmul_(acc_delta.mul_(rho), delta, delta, value=1 - rho)
+    add_(p, delta, alpha=-lr)
 
 
 ADADELTA_ALGORITHM = Algorithm(

@@ -22,7 +22,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import addcdiv_, plain
 from ._common import lr_checks, weight_decay_checks
 from ..backends.reference import new_step_tensor
 
@@ -45,7 +45,7 @@ def update(p, g, sum, *, clr, eps) -> None:  # noqa: A002 - torch's state key is
     """``s <- s + g^2``; ``p <- p - clr * g / (sqrt(s) + eps)``."""
     sum.addcmul_(g, g, value=1)
     std = sum.sqrt() + eps
-    p.addcdiv_(g, std, value=-clr)
+    addcdiv_(p, g, std, value=-clr)
 
 
 def sparse_update(p, g, sum, *, clr, eps) -> None:  # noqa: A002

@@ -30,7 +30,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain, running_max_
+from ..core.wrappers import addcdiv_, addcmul_, plain, running_max_
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -52,13 +52,13 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 def update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, beta1, beta2, step_size, bias_correction2_sqrt, eps) -> None:
     """The Adam moment updates and parameter step (see module docstring)."""
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    addcmul_(exp_avg_sq.mul_(beta2), g, g, value=1 - beta2)
     second = exp_avg_sq
     if max_exp_avg_sq is not None:
         running_max_(max_exp_avg_sq, exp_avg_sq)
         second = max_exp_avg_sq
     denom = second.sqrt() / bias_correction2_sqrt + eps
-    p.addcdiv_(exp_avg, denom, value=-step_size)
+    addcdiv_(p, exp_avg, denom, value=-step_size)
 
 
 ADAM_ALGORITHM = Algorithm(

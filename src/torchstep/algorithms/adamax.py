@@ -23,7 +23,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain, running_max_
+from ..core.wrappers import addcdiv_, plain, running_max_
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -40,7 +40,7 @@ def update(p, g, exp_avg, exp_inf, *, beta1, beta2, eps, clr) -> None:
     """``m <- lerp(m, g, 1-beta1)``; ``u <- max(beta2*u, |g|+eps)``; ``p <- p - clr*m/u``."""
     exp_avg.lerp_(g, 1 - beta1)
     running_max_(exp_inf.mul_(beta2), g.abs().add_(eps))
-    p.addcdiv_(exp_avg, exp_inf, value=-clr)
+    addcdiv_(p, exp_avg, exp_inf, value=-clr)
 
 
 ADAMAX_ALGORITHM = Algorithm(

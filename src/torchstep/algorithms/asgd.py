@@ -32,7 +32,7 @@ from ..backends.reference import upgrade_scalar_state
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import add_, plain
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -70,7 +70,7 @@ def advance(scalars: dict, eta: torch.Tensor, mu: torch.Tensor) -> dict:
 def update(p, g, ax, *, lambd, next_eta, next_mu, eta, mu, reset_average) -> None:
     """Decay and step ``p``; move the average ``ax`` toward it (or restart it at ``p``)."""
     p.mul_(1 - lambd * eta)
-    p.add_(g, alpha=-eta)
+    add_(p, g, alpha=-eta)
     if reset_average:
         ax.copy_(p)
     else:

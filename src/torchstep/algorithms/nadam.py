@@ -34,7 +34,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ._common import LOAD_FLAGS
-from ..core.wrappers import plain
+from ..core.wrappers import addcdiv_, addcmul_, plain
 from .adamax import adam_like_checks
 
 
@@ -79,10 +79,10 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, bias_correction2
            avg_coef) -> None:
     """The moment updates and the two-term Nesterov step (see module docstring)."""
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    addcmul_(exp_avg_sq.mul_(beta2), g, g, value=1 - beta2)
     denom = exp_avg_sq.div(bias_correction2).sqrt() + eps
-    p.addcdiv_(g, denom, value=grad_coef)
-    p.addcdiv_(exp_avg, denom, value=avg_coef)
+    addcdiv_(p, g, denom, value=grad_coef)
+    addcdiv_(p, exp_avg, denom, value=avg_coef)
 
 
 NADAM_ALGORITHM = Algorithm(

@@ -33,7 +33,7 @@ import torch
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ._common import LOAD_FLAGS
-from ..core.wrappers import plain
+from ..core.wrappers import addcmul_, plain
 from .adamax import adam_like_checks
 
 
@@ -64,7 +64,7 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, bias_correction1
            rect) -> None:
     """The moment updates and the (rectified) step (see module docstring)."""
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    addcmul_(exp_avg_sq.mul_(beta2), g, g, value=1 - beta2)
     step = exp_avg / bias_correction1 * lr
     if rectified:
         step = step * (bias_correction2_sqrt / (exp_avg_sq.sqrt() + eps)) * rect

@@ -27,7 +27,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import add, add_, plain
 from ._common import lr_checks, weight_decay_checks
 
 
@@ -51,9 +51,9 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 def update(p, g, momentum_buffer=None, *, lr, momentum, decay, gain, nesterov) -> None:
     """``b <- decay*b + gain*g``; ``d = g + momentum*b`` (nesterov) or ``b``; ``p <- p - lr*d``."""
     if momentum_buffer is not None:
-        momentum_buffer.mul_(decay).add_(g, alpha=gain)
-        g = g.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
-    p.add_(g, alpha=-lr)
+        add_(momentum_buffer.mul_(decay), g, alpha=gain)
+        g = add(g, momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+    add_(p, g, alpha=-lr)
 
 
 def init(p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
