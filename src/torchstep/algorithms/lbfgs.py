@@ -131,13 +131,15 @@ class LBFGS(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
-        """LBFGS optimizes exactly one group; a second one is refused."""
-        if self.param_groups:
+        """LBFGS optimizes exactly one group; a second one is refused (after the checks every
+        group goes through, which torch runs first: duplicates, names)."""
+        super().add_param_group(param_group)
+        if len(self.param_groups) > 1:
+            self.param_groups.pop()
             raise ValueError(
                 "LBFGS doesn't support per-parameter options (parameter groups) "
                 f"(it optimizes exactly one group; got a group #{len(self.param_groups)})"
             )
-        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
