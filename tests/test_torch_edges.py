@@ -428,3 +428,24 @@ def test_hyperparameter_gradients_gradcheck(name, spec, extra):
         return (p.sum() - 2.0) ** 2
 
     assert torch.autograd.gradcheck(loss_after_steps, tuple(flat))
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kwargs", [dict(lr=0.9), dict(lr=0.9, decoupled_weight_decay=True, weight_decay=0.1)])
+def test_nadam_mu_product_stays_in_the_graph(kwargs):
+    """A differentiable NAdam step with a ``mu_product`` state that requires grad: torch's step
+    coefficients depend on it as a tensor, and so do torchstep's."""
+    grads = []
+    for lib in (torch.optim, ts_optim):
+        gen = torch.Generator().manual_seed(0)
+        p = torch.rand(5, dtype=torch.float64, generator=gen).requires_grad_().clone()
+        p.grad = torch.rand(5, dtype=torch.float64, generator=gen)
+        mu_product = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+        opt = lib.NAdam([p], differentiable=True, **kwargs)
+        opt.state[p].update(step=torch.tensor(10.0, dtype=torch.float64), mu_product=mu_product.clone(),
+                            exp_avg=torch.rand(5, dtype=torch.float64, generator=gen),
+                            exp_avg_sq=torch.rand(5, dtype=torch.float64, generator=gen))
+        opt.step()
+        grads.append(torch.autograd.grad(p.sum(), mu_product)[0])
+    assert grads[0] != 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)

@@ -68,7 +68,9 @@ def advance(scalars: dict, mu_product: torch.Tensor) -> dict:
     """``mu_product <- mu_product * mu``; the coefficients of ``g`` and ``m`` in the step."""
     lr, mu, mu_next = scalars["lr"], scalars["mu"], scalars["mu_next"]
     mu_product.mul_(mu)
-    product = mu_product.item()
+    # a number (double precision, as torch's default path), unless a differentiable step must
+    # carry mu_product's gradient on (torch's differentiable path keeps it a tensor too)
+    product = mu_product if mu_product.requires_grad and torch.is_grad_enabled() else mu_product.item()
     return {
         "grad_coef": -lr * (1.0 - mu) / (1.0 - product),
         "avg_coef": (-lr * mu_next) / (1.0 - product * mu_next),
