@@ -71,6 +71,7 @@ class Adadelta(Optimizer):
     ) -> None:
         lr_checks(lr)
         check.in_range(rho, "rho", "rho value", 0.0, 1.0)
+        check.alpha_number(rho, "rho", booleans_refused=False)  # torch: value=1 - rho at the step
         check.at_least(eps, "eps", "epsilon value")
         weight_decay_checks(weight_decay)
         defaults = dict(

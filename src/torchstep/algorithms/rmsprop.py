@@ -94,6 +94,7 @@ class RMSprop(Optimizer):
         check.at_least(momentum, "momentum", "momentum value")
         weight_decay_checks(weight_decay)
         check.at_least(alpha, "alpha", "alpha value")
+        check.alpha_number(alpha, "alpha", booleans_refused=False)  # torch: value=1 - alpha at the step
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
             capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,

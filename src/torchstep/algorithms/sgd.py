@@ -44,7 +44,7 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
         "decay": 0.0 if first else momentum,
         # dampening is read only where there is a buffer to damp (torch accepts any value otherwise)
         "gain": 1.0 if first or momentum == 0 else 1.0 - group["dampening"],
-        "nesterov": group["nesterov"],
+        "nesterov": bool(group["nesterov"]),  # read for its truth, as torch's `if nesterov:`
     }
 
 
