@@ -470,3 +470,27 @@ def test_nadam_mu_product_stays_in_the_graph(kwargs):
         grads.append(torch.autograd.grad(p.sum(), mu_product)[0])
     assert grads[0] != 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad"])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float16, torch.float64])
+def test_fused_flag_with_non_floating_parameters(name, dtype):
+    """``fused=True`` and a complex parameter: RuntimeError at the step in torch and here; a
+    floating one of any width steps the same in both."""
+    out = []
+    for lib in (torch.optim, ts_optim):
+        p = torch.ones(3, 2, dtype=dtype, requires_grad=True)
+        p.grad = torch.full_like(p, 0.5)
+        opt = getattr(lib, name)([p], lr=0.1, fused=True)
+        try:
+            opt.step()
+        except RuntimeError as exc:
+            out.append(("raised", str(exc)))
+        else:
+            out.append(("ok", p.detach().clone()))
+    (t_kind, t_val), (s_kind, s_val) = out
+    assert s_kind == t_kind
+    if t_kind == "raised":
+        assert dtype.is_complex and s_val.startswith("`fused=True` requires all the params to be floating point")
+    else:
+        torch.testing.assert_close(s_val, t_val)

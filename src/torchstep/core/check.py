@@ -14,7 +14,7 @@ import torch
 __all__ = [
     "at_least", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
     "no_tensor_hyper_with_foreach", "should_be", "one_of", "whole_number", "dense_real", "pair",
-    "betas_sequence", "callable_or_none", "positive_int_or_none", "not_below", "item", "alpha_number", "flag", "holds", "history_length",
+    "betas_sequence", "callable_or_none", "positive_int_or_none", "not_below", "item", "alpha_number", "flag", "holds", "history_length", "fused_param",
 ]
 
 
@@ -98,6 +98,22 @@ def history_length(value: Any, name: str) -> None:
         raise TypeError(f"{exc} ({name} must be {allowed}; got {value!r})") from None
     if n < 0:
         raise IndexError(f"{empty} ({name} must be {allowed}; got {value!r})")
+
+
+def fused_param(p: torch.Tensor) -> None:
+    """``fused=True`` takes floating-point tensors on devices torch has fused kernels for; torch
+    refuses anything else (a complex or integer parameter) with RuntimeError at the step."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # pragma: no cover -- older torch
+        devices = ["mps", "cuda", "xpu", "hpu", "cpu", "privateuseone"]
+    if not (p.device.type in devices and torch.is_floating_point(p)):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+            f"{devices} but {p.dtype} and {p.device.type} (a parameter of shape {tuple(p.shape)}; "
+            "use fused=False, or view complex parameters as real)"
+        )
 
 
 def flag(value: Any, name: str) -> None:

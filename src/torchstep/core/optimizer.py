@@ -231,6 +231,7 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._check_loaded_state()
+        self._check_fused_params()
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
@@ -417,6 +418,19 @@ class Optimizer(torch.optim.Optimizer):
                         raise _missing_state(key, i, j, st)
                 if not torch.is_tensor(st["step"]):
                     st["step"] = new_step_tensor(p, group, float(st["step"]))
+
+    def _check_fused_params(self) -> None:
+        """``fused=True``: a parameter's first step with a gradient checks it is a floating-point
+        tensor on a device with fused kernels (RuntimeError otherwise, as torch raises at the step)."""
+        from . import check
+
+        checked = self.__dict__.setdefault("_fused_checked", set())
+        for group in self.param_groups:
+            if group.get("fused"):
+                for p in group["params"]:
+                    if p.grad is not None and p not in checked:
+                        check.fused_param(p)
+                        checked.add(p)
 
     def _check_loaded_state(self) -> None:
         """First step of a parameter after ``load_state_dict``: a state that is not empty must
