@@ -265,10 +265,12 @@ def _train(opt, params, steps, start=0, sparse=False):
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh", "stepped-before-load"])
 @pytest.mark.parametrize("name,kwargs", LOAD_CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(LOAD_CASES)])
-def test_load_casts_state_to_the_parameter_dtype(name, kwargs):
+def test_load_casts_state_to_the_parameter_dtype(name, kwargs, warm):
     """A float32 state (every non-``step`` tensor, 0-d ones included) loaded for float64
-    parameters becomes float64, as torch casts it; the following steps compute in it."""
+    parameters becomes float64, as torch casts it; the following steps compute in it -- also
+    into an optimizer that had already stepped (whatever the fused path cached is replaced)."""
     sparse = name == "SparseAdam"
     src_params = [torch.randn(3, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()]
     src = getattr(torch.optim, name)(src_params, **kwargs)
@@ -278,6 +280,8 @@ def test_load_casts_state_to_the_parameter_dtype(name, kwargs):
     for lib in (torch.optim, ts_optim):
         params = [src_params[0].detach().double().requires_grad_()]
         opt = getattr(lib, name)(params, **kwargs)
+        if warm:
+            _train(opt, params, 2, start=5, sparse=sparse)
         opt.load_state_dict(copy.deepcopy(saved))
         dtypes = {k: v.dtype for k, v in opt.state[params[0]].items() if isinstance(v, torch.Tensor)}
         _train(opt, params, 4, start=10, sparse=sparse)
