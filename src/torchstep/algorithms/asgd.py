@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from ..backends.reference import upgrade_scalar_state
-from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import add_, plain

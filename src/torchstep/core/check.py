@@ -14,7 +14,8 @@ import torch
 __all__ = [
     "at_least", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
     "no_tensor_hyper_with_foreach", "should_be", "one_of", "whole_number", "dense_real", "pair",
-    "betas_sequence", "callable_or_none", "positive_int_or_none", "not_below", "item", "alpha_number", "flag", "holds", "history_length", "fused_param",
+    "betas_sequence", "callable_or_none", "positive_int_or_none", "not_below", "item", "alpha_number",
+    "flag", "holds", "history_length", "fused_param",
 ]
 
 
