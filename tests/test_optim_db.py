@@ -18,9 +18,9 @@ import torch
 
 import torchstep.optim as ts_optim
 
-common_optimizers = pytest.importorskip(
-    "torch.testing._internal.common_optimizers", reason="needs expecttest (the test extra)"
-)
+# needs expecttest (pinned in the test extra); a missing dependency fails here rather than skipping
+from torch.testing._internal import common_optimizers  # noqa: E402
+
 OptimizerErrorEnum = common_optimizers.OptimizerErrorEnum
 
 INFOS = {info.optim_cls.__name__: info for info in common_optimizers.optim_db if hasattr(ts_optim, info.optim_cls.__name__)}
