@@ -94,7 +94,8 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
     cannot model is remembered for that structure only."""
     wd = wrappers.plain(group.get("weight_decay", 0))
     has_wd = not algo.applies_weight_decay and (isinstance(wd, torch.Tensor) or wd != 0)
-    flags = (bool(group.get("maximize", False)), has_wd, bool(group.get("decoupled_weight_decay", False)), unscale)
+    decoupled = has_wd and bool(group.get("decoupled_weight_decay", False))  # read only when it matters, as torch
+    flags = (bool(group.get("maximize", False)), has_wd, decoupled, unscale)
     key = (kind, algo.update, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
     found = _programs.get(key)
     if isinstance(found, _Failed):
