@@ -305,10 +305,10 @@ def _partition(bucket: Bucket, steps, firsts, held):
     """(subset of the bucket, step, first) runs that share their scalars: the whole bucket in the
     usual case, where every parameter is at the same step."""
     members = bucket.members
-    keys = [((steps[i] if steps else None), firsts[i], tuple(h[i] for h in held)) for i in members]
-    if len(set(keys)) == 1:
-        yield None, keys[0][0], keys[0][1]
+    if all(len(set(column)) <= 1 for column in (steps or (), firsts, *held)):  # all plan-wide
+        yield None, (steps[members[0]] if steps else None), firsts[members[0]]
         return
+    keys = [((steps[i] if steps else None), firsts[i], tuple(h[i] for h in held)) for i in members]
     runs: dict[tuple, list[int]] = {}
     for j, key in enumerate(keys):
         runs.setdefault(key, []).append(j)

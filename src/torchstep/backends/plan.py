@@ -194,6 +194,7 @@ class Plan:
         self.held_counters = [[s[n] for s in self.states] for n in self.counted]
         self.written = Written([t for col in self.columns for t in col.tensors])
         self._devices = list(map(_device_of, self.params))
+        self.grad_ptrs: list[int] = []
         self._nbytes = [t.numel() * t.element_size() for t in self.params]
 
     def still_valid(self, with_grad: list[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -222,7 +223,7 @@ class Plan:
                 or list(map(_device_of, grads)) != self._devices):
             return None
         starts = list(map(_T.data_ptr, grads))
-        if self.written.hit_by(starts, self._nbytes):
+        if starts != self.grad_ptrs and self.written.hit_by(starts, self._nbytes):  # same as last step: checked
             return None
         self.grad_ptrs = starts
         return grads
