@@ -130,6 +130,15 @@ def compiler_broken_script() -> None:
 
 
 @case
+def compiler_broken_first_on_path() -> None:
+    folder = Path(os.environ["CASE_TMP"])
+    _fake_cc(folder, 'echo "fatal: the cc first on PATH is broken" >&2; exit 1')
+    os.environ.pop("CC", None)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ['PATH']}"
+    _fallback_counts_once("the cc first on PATH is broken")
+
+
+@case
 def compiler_bad_cflags() -> None:
     os.environ["TORCHSTEP_CFLAGS"] = "-fno-such-flag-at-all"
     _fallback_counts_once("no-such-flag")
