@@ -203,7 +203,9 @@ class Plan:
         if len(with_grad) != len(self.with_grad) or not all(map(operator.is_, with_grad, self.with_grad)):
             return None
         params, columns = self.params, self.columns
-        if not columns[0].holds(params, same_objects=True) or list(map(_device_of, params)) != self._devices:
+        # (no device check for the parameters: a tensor moved to another device has another
+        # address, since host and device memory share one address space)
+        if not columns[0].holds(params, same_objects=True):
             return None
         for col, n in zip(columns[1:], self.names):
             if not col.holds([s.get(n) for s in self.states]):
