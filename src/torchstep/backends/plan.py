@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import itertools
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 _T = torch.Tensor
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
+_grad_of = operator.attrgetter("grad")
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _PLAIN_SET = frozenset(_PLAIN_TYPES)
 
@@ -207,13 +209,14 @@ class Plan:
         # address, since host and device memory share one address space)
         if not columns[0].holds(params, same_objects=True):
             return None
+        states = self.states
         for col, n in zip(columns[1:], self.names):
-            if not col.holds([s.get(n) for s in self.states]):
+            if not col.holds(list(map(dict.get, states, itertools.repeat(n)))):
                 return None
         for held, n in zip(self.held_counters, self.counted):
-            if not all(map(operator.is_, [s.get(n) for s in self.states], held)):
+            if not all(map(operator.is_, map(dict.get, states, itertools.repeat(n)), held)):
                 return None
-        grads = [p.grad for p in params]
+        grads = list(map(_grad_of, params))
         if not set(map(type, grads)) <= _PLAIN_SET:
             return None
         try:
