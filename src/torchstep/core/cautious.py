@@ -61,7 +61,7 @@ def moves_by_increments(algo: Any, group: dict) -> bool:
     if algo.advance is not None:
         scalars = {**scalars, **algo.advance(scalars, **{n: torch.ones(()) for n in algo.scalar_state})}
     names = algo.elementwise_names(group)
-    key = (algo.name, names, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
+    key = (algo.update, names, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
     if key not in _increment_only:
         try:
             program = trace(lambda p, g, **rest: algo.update(p, g, **rest), ["p", "g", *names], ["p", *names],
