@@ -278,3 +278,28 @@ def test_algorithm_applying_its_own_weight_decay_is_left_alone(backend):
     with use(backend):
         opt.step()
     assert torch.equal(p.detach(), torch.zeros(5))
+
+
+def test_kernels_are_keyed_by_the_update_not_the_name():
+    """An algorithm that reuses Adam's name with another update gets its own kernel."""
+    import dataclasses
+
+    from torchstep.algorithms.adam import ADAM_ALGORITHM
+
+    def doubled(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, **scalars):
+        ADAM_ALGORITHM.update(p, g * 2, exp_avg, exp_avg_sq, max_exp_avg_sq, **scalars)
+
+    class DoubledAdam(ts_optim.Adam):
+        algorithm = dataclasses.replace(ADAM_ALGORITHM, update=doubled)
+
+    results = []
+    for cls, backend in ((ts_optim.Adam, "fused"), (DoubledAdam, "fused"), (DoubledAdam, "reference")):
+        p = torch.ones(6, requires_grad=True)
+        opt = cls([p], lr=0.1)
+        with use(backend):
+            for step in range(3):
+                p.grad = torch.linspace(-1, 1, 6) * (step + 1)
+                opt.step()
+        results.append(opt.state[p]["exp_avg"].clone())
+    assert not torch.allclose(results[0], results[1])
+    torch.testing.assert_close(results[1], results[2])
