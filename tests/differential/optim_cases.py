@@ -322,17 +322,25 @@ def _with_impl(options: dict, impl: dict | None) -> dict:
     return out
 
 
-def _oracle_options(options: dict) -> dict:
+def _oracle_options(options: dict, forloop: bool = False) -> dict:
     """README: capturable=True on CPU runs the default path in torchstep; torch raises. The oracle
-    runs capturable=False."""
-    return {k: (False if k == "capturable" else v) for k, v in options.items()}
+    runs capturable=False; where torch refuses that combination (a tensor lr/betas with
+    foreach=True is only allowed with capturable=True), the for-loop path, which torchstep follows."""
+    out = {k: (False if k == "capturable" else v) for k, v in options.items()}
+    if forloop and "foreach" in out:
+        out["foreach"] = False
+    return out
+
+
+def _capturable_drawn(cfg) -> bool:
+    return any(o.get("capturable") for o in [cfg.defaults] + [g["options"] for g in cfg.groups])
 
 
 class Twin:
     """One optimizer instance and its own copy of the parameters."""
 
-    def __init__(self, lib, cfg: Config, impl: dict | None, oracle: bool):
-        self.cfg, self.impl, self.oracle = cfg, impl, oracle
+    def __init__(self, lib, cfg: Config, impl: dict | None, oracle: bool, forloop: bool = False):
+        self.cfg, self.impl, self.oracle, self.forloop = cfg, impl, oracle, forloop
         self.lib = lib
         self.tensors: dict[int, torch.Tensor] = {}
         groups = [self._group_arg(g) for g in cfg.groups]
@@ -341,7 +349,7 @@ class Twin:
             params_arg = groups[0]["params"]
         defaults = _with_impl(cfg.defaults, impl if impl is not None else None)
         if oracle:
-            defaults = _oracle_options(defaults)
+            defaults = _oracle_options(defaults, forloop)
         self.opt = getattr(lib, cfg.cls)(params_arg, **defaults)
 
     def _tensor(self, i):
@@ -355,7 +363,7 @@ class Twin:
             ps = [(f"p{i}", p) for i, p in zip(g["params"], ps)]
         opts = _with_impl(g["options"], {} if self.impl is not None else None)
         if self.oracle:
-            opts = _oracle_options(opts)
+            opts = _oracle_options(opts, self.forloop)
         return {"params": ps, **opts, **copy.deepcopy(g["extra"])}
 
     def add_group(self, g):
@@ -490,6 +498,10 @@ def compare(ref: dict, ours: dict, others: list[dict], cfg: Config, n: int, scal
         v = ref.get(first, ours.get(first))
         raise Difference(f"entry {which}", _path_str(first), f"{_sig_path(first)} = {_fmt(v)}")
     eps32 = torch.finfo(torch.float32).eps
+    # README: with differentiable=True torchstep computes Adam's, AdamW's and NAdam's bias
+    # corrections in double where torch's differentiable path rounds them to float32
+    widen = cfg.cls in ("Adam", "AdamW", "NAdam") and any(
+        o.get("differentiable") for o in [cfg.defaults] + [g["options"] for g in cfg.groups])
     for path, r in ref.items():
         o = ours[path]
         if path and path[0] == "state_dict" and len(path) >= 4 and path[1] == "param_groups" \
@@ -507,6 +519,10 @@ def compare(ref: dict, ours: dict, others: list[dict], cfg: Config, n: int, scal
         in_groups = len(path) >= 2 and path[0] == "state_dict" and path[1] == "param_groups"
         exact = in_groups or (path[-1] == "step") or isinstance(r, (bool, int, str, type(None)))
         if isinstance(r, torch.Tensor):
+            if widen and r.is_floating_point():
+                eps_floor = torch.finfo(torch.float32).eps
+            else:
+                eps_floor = 0.0
             if path == ("return",) and r.is_floating_point():
                 r, o = r.detach(), o.detach()
                 eps = max(torch.finfo(_DTYPES[d]).eps for _, d, _ in cfg.params)
@@ -521,7 +537,7 @@ def compare(ref: dict, ours: dict, others: list[dict], cfg: Config, n: int, scal
                     raise Difference("value differs (exact entry)", _path_str(path), f"torch={_fmt(r)} ours={_fmt(o)}")
                 continue
             alts = [x[path] for x in others if path in x and _kind(x[path]) == kr]
-            eps = torch.finfo(r.dtype).eps if r.is_floating_point() else 0.0
+            eps = max(torch.finfo(r.dtype).eps, eps_floor) if r.is_floating_point() else 0.0
             ok, msg = _close(path, r, alts, o, eps, n, scales)
             if not ok:
                 raise Difference("value differs", _path_str(path), msg)
@@ -566,11 +582,11 @@ class Outcome:
         t = []
         if any(len(set(g["params"])) < len(g["params"]) for g in c.groups):
             t.append("dup")
-        if any(all(0 in c.params[i][0] for i in g["params"]) for g in c.groups):
-            t.append("empty-group")
+        if any(0 in c.params[i][0] for g in c.groups for i in g["params"]):
+            t.append("empty")
         if c.sparse:
             t.append("sparse")
-        past = [e for s, e in c.events.items() if self.step is None or s <= self.step]
+        past = [e for s, e in c.events.items() if self.step is not None and s <= self.step]
         if any(e["kind"] == "swap" for e in past):
             t.append("after-swap")
         if any(e["kind"] == "option" for e in past):
@@ -637,6 +653,8 @@ def _set_grads(tw: Twin, cfg: Config, step: int, tracked: list[int]):
             p.grad = None
         elif kind == "zero":
             p.grad = torch.zeros_like(p)
+            if cfg.sparse and p.dim() >= 1:
+                p.grad = p.grad.to_sparse()
         elif kind == "value":
             p.grad = _grad_value(cfg, step, i, p.shape)
 
@@ -690,7 +708,10 @@ def _early_rejection(cfg: Config, t_twin: Twin, o_err: Exception) -> Outcome | N
 
 def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
     cls = cfg.cls
-    primary = Twin(torch.optim, cfg, None, oracle=True)
+    forloop = _capturable_drawn(cfg) and any(
+        isinstance(v, torch.Tensor) or (isinstance(v, tuple) and any(isinstance(x, torch.Tensor) for x in v))
+        for o in [cfg.defaults] + [g["options"] for g in cfg.groups] for v in o.values())
+    primary = Twin(torch.optim, cfg, None, oracle=True, forloop=forloop)
     ours = Twin(ts_optim, cfg, None, oracle=False)
     variants = []
     for impl in _impls(cls, cfg):
@@ -699,9 +720,12 @@ def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
             variants.append(v)
     drawn_groups = [dict(cfg.defaults, **g["options"]) for g in cfg.groups]
 
+    oracle_keys = ("capturable", "foreach") if forloop else ("capturable",)
+
     def expect_groups(gi, key, torch_value):
-        if key == "capturable" and gi < len(drawn_groups) and drawn_groups[gi].get("capturable"):
-            return True
+        # the oracle could not run the drawn capturable (and foreach) flags; ours shows them
+        if key in oracle_keys and gi < len(drawn_groups) and drawn_groups[gi].get("capturable"):
+            return drawn_groups[gi].get(key, torch_value)
         return torch_value
 
     scales = Scales()
@@ -732,6 +756,19 @@ def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
             if verbose:
                 print(f"-- event before step {step}: {ev}")
             res = _apply_event(ev, cfg, primary, ours, variants, drawn_groups)
+            if isinstance(res, tuple):  # ours rejected add_param_group, torch took it
+                oe = res[1]
+                tracked = primary.order()
+                _set_grads(primary, cfg, step, tracked)
+                closure = _closure_for(primary, cfg, step, tracked) if cfg.closure else None
+                _, te = _try(lambda: primary.opt.step(closure) if closure else primary.opt.step())
+                if te is not None and type(te) is type(oe):
+                    return Outcome(cls, cfg.seed, "pass", "ours rejected add_param_group early, torch raised the same type at step",
+                                   attempts, cfg, step)
+                return fail(step, f"ours raised {type(oe).__name__} at add_param_group: {oe}\ntorch accepted the group; "
+                            f"its next step {'raised ' + repr(te) if te else 'ran'}",
+                            f"{cls}: add_param_group: ours {type(oe).__name__}, torch accepts"
+                            + (f" (raises {type(te).__name__} at step)" if te else ""))
             if isinstance(res, Outcome):
                 res.step = step
                 return res
@@ -804,6 +841,8 @@ def _apply_event(ev, cfg, primary: Twin, ours: Twin, variants: list, drawn_group
         cfg.groups.append(ev["group"])
         drawn_groups.append(dict(cfg.defaults, **ev["group"]["options"]))
         te, oe = errs[0], errs[1]
+        if te is None and oe is not None:
+            return ("early-reject", oe)
         if te is not None or oe is not None:
             if te is None or oe is None or type(te) is not type(oe):
                 return Outcome(cfg.cls, cfg.seed, "fail", "diff", 1, cfg, None,
@@ -816,30 +855,37 @@ def _apply_event(ev, cfg, primary: Twin, ours: Twin, variants: list, drawn_group
         # torch's into ours (with the drawn capturable flag, which the oracle could not run)
         into_ours = _through_disk(sd_t)
         for gi, g in enumerate(into_ours["param_groups"]):
-            if gi < len(ours.opt.param_groups) and "capturable" in g:
-                g["capturable"] = ours.opt.param_groups[gi].get("capturable", g["capturable"])
+            if gi < len(ours.opt.param_groups) and ours.opt.param_groups[gi].get("capturable"):
+                for k in ("capturable", "foreach"):
+                    if k in g:
+                        g[k] = ours.opt.param_groups[gi].get(k, g[k])
         _, oe = _try(lambda: ours.opt.load_state_dict(into_ours))
         if oe is not None:
             return Outcome(cfg.cls, cfg.seed, "fail", "diff", 1, cfg, None,
                            f"{cfg.cls}: load torch state_dict into ours: {type(oe).__name__}",
                            f"ours.load_state_dict(torch's state_dict) raised {type(oe).__name__}: {oe}")
-        # ours into every torch path (each keeps its own implementation switches)
-        keep = []
-        for vi, tw in enumerate([primary] + variants):
-            sd = _through_disk(sd_o)
-            for gi, g in enumerate(sd["param_groups"]):
-                if gi < len(tw.opt.param_groups):
-                    for k in IMPL_KEYS:
-                        if k in tw.opt.param_groups[gi]:
-                            g[k] = tw.opt.param_groups[gi][k]
-            _, te = _try(lambda: tw.opt.load_state_dict(sd))
-            if te is not None and vi == 0:
-                return Outcome(cfg.cls, cfg.seed, "fail", "diff", 1, cfg, None,
-                               f"{cfg.cls}: load ours' state_dict into torch: {type(te).__name__}",
-                               f"torch.load_state_dict(ours' state_dict) raised {type(te).__name__}: {te}")
-            if te is None and vi > 0:
-                keep.append(tw)
-        variants[:] = keep
+        # torch's own path goes on in a clone that loads the primary's state: ours, now on that
+        # path, is compared with it; the other torch paths go on undisturbed
+        clone = Twin(torch.optim, cfg, None, oracle=True, forloop=primary.forloop)
+        for i, p in primary.tensors.items():
+            with torch.no_grad():
+                clone.tensors[i].copy_(p)
+            clone.tensors[i].grad = None if p.grad is None else p.grad.clone()
+        _, ce = _try(lambda: clone.opt.load_state_dict(_through_disk(sd_t)))
+        if ce is None:
+            variants[:] = ([clone] + variants)[:5]
+        # ours into torch (the primary keeps its own implementation switches)
+        sd = _through_disk(sd_o)
+        for gi, g in enumerate(sd["param_groups"]):
+            if gi < len(primary.opt.param_groups):
+                for k in IMPL_KEYS:
+                    if k in primary.opt.param_groups[gi]:
+                        g[k] = primary.opt.param_groups[gi][k]
+        _, te = _try(lambda: primary.opt.load_state_dict(sd))
+        if te is not None:
+            return Outcome(cfg.cls, cfg.seed, "fail", "diff", 1, cfg, None,
+                           f"{cfg.cls}: load ours' state_dict into torch: {type(te).__name__}",
+                           f"torch.load_state_dict(ours' state_dict) raised {type(te).__name__}: {te}")
     return None
 
 
