@@ -643,6 +643,7 @@ def _impls(cls: str, cfg: Config):
 
 
 def _closure_for(tw: Twin, cfg: Config, step: int, present: list[int]):
+    present = present or list(tw.tensors)  # a loss of no parameter cannot be backpropagated
     coeff = {i: _grad_value(cfg, step, i, cfg.params[i][0]) for i in present}
 
     def closure():
@@ -736,7 +737,8 @@ def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
 
     def expect_groups(gi, key, torch_value):
         # the oracle could not run the drawn capturable (and foreach) flags; ours shows them
-        if key in oracle_keys and gi < len(drawn_groups) and drawn_groups[gi].get("capturable"):
+        if gi < len(drawn_groups) and ((key == "capturable" and drawn_groups[gi].get("capturable"))
+                                       or (key == "foreach" and forloop)):
             return drawn_groups[gi].get(key, torch_value)
         return torch_value
 
@@ -868,10 +870,10 @@ def _apply_event(ev, cfg, primary: Twin, ours: Twin, variants: list, drawn_group
         # torch's into ours (with the drawn capturable flag, which the oracle could not run)
         into_ours = _through_disk(sd_t)
         for gi, g in enumerate(into_ours["param_groups"]):
-            if gi < len(ours.opt.param_groups) and ours.opt.param_groups[gi].get("capturable"):
-                for k in ("capturable", "foreach"):
-                    if k in g:
-                        g[k] = ours.opt.param_groups[gi].get(k, g[k])
+            if gi < len(ours.opt.param_groups):
+                for k in (("capturable", "foreach") if primary.forloop else ("capturable",)):
+                    if k in g and k in ours.opt.param_groups[gi]:
+                        g[k] = ours.opt.param_groups[gi][k]
         _, oe = _try(lambda: ours.opt.load_state_dict(into_ours))
         if oe is not None:
             return Outcome(cfg.cls, cfg.seed, "fail", "diff", 1, cfg, None,
