@@ -105,7 +105,7 @@ def test_signature_matches_torch():
         (dict(eps=(None, -1e-3)), ValueError, r"epsilon2 should be >= 0 but is: -0\.001 \(eps\[1\] must be >= 0\)"),
         (dict(d=0.5), ValueError, r"Clipping threshold d should be >= 1 but is: 0\.5 \(d must be >= 1\)"),
         (dict(weight_decay=-0.1), ValueError, r"weight_decay should be >= 0 but is: -0\.1 \(weight_decay must be >= 0\)"),
-        (dict(eps=1e-3), TypeError, r"Invalid eps \(eps must be a sequence \(eps1, eps2\); got 0\.001\)"),
+        (dict(eps=1e-3), TypeError, r"'float' object is not subscriptable \(eps must be a pair \(eps1 or None, eps2\); got 0\.001\)"),
     ],
 )
 def test_invalid_arguments(kwargs, exc, pattern):

@@ -253,7 +253,7 @@ def test_per_step_group_views_keep_one_plan_per_group(algo):
             for p in params:
                 p.grad = torch.randn(4)
             opt.step()
-            seen.append({key: id(cache["plan"]) for key, cache in opt._fused_plans.items()})
+            seen.append({key: id(cache["plan"]) for key, (_, cache) in opt._fused_plans.items()})
     assert set(seen[0]) == {id(group) for group in opt.param_groups}
     assert seen[0] == seen[1] == seen[2]
 

@@ -188,7 +188,7 @@ _P = [torch.zeros(2, requires_grad=True)]
     ("AdaBelief", dict(lr=float("nan")), ValueError, r"Invalid learning rate: nan"),
     ("ADOPT", dict(clip_lambda=0.25), TypeError, r"Invalid clip_lambda: 0.25 \(clip_lambda must be a callable or None"),
     ("ADOPT", dict(weight_decay=-1), ValueError, r"Invalid weight_decay value: -1"),
-    ("ADOPT", dict(betas=(0.9,)), ValueError, r"Invalid beta parameter|betas"),
+    ("ADOPT", dict(betas=(0.9,)), IndexError, r"tuple index out of range \(betas must be a pair \(beta1, beta2\); got \(0.9,\)\)"),  # as torch indexes Adam's
     ("AdEMAMix", dict(alpha=-1.0), ValueError, r"Invalid alpha value: -1.0 \(alpha must be >= 0.0\)"),
     ("AdEMAMix", dict(alpha_warmup=0), ValueError, r"alpha_warmup must be an integer >= 1; got 0"),
     ("AdEMAMix", dict(beta3_warmup=2.5), ValueError, r"beta3_warmup must be an integer >= 1; got 2.5"),

@@ -122,7 +122,7 @@ class AdaBelief(Optimizer):
                  maximize: bool = False, foreach: bool | None = None, cautious: bool = False) -> None:
         lr_checks(lr)
         check.at_least(eps, "eps", "epsilon value")
-        check.betas_pair(betas, allow_tensors=False)
+        check.betas_pair(betas)
         check.at_least(weight_decay, "weight_decay", "weight_decay value")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                         decoupled_weight_decay=decoupled_weight_decay, rectify=rectify,

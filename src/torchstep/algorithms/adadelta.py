@@ -22,8 +22,8 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
-from ._common import lr_checks
+from ..core.wrappers import add_, addcmul_, plain
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -36,11 +36,11 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 
 def update(p, g, square_avg, acc_delta, *, lr, rho, eps) -> None:
     """The Adadelta accumulator updates and parameter step (see module docstring)."""
-    square_avg.mul_(rho).addcmul_(g, g, value=1 - rho)
+    addcmul_(square_avg.mul_(rho), g, g, value=1 - rho)
     std = (square_avg + eps).sqrt()
     delta = (acc_delta + eps).sqrt() / std * g
-    acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
-    p.add_(delta, alpha=-lr)
+    addcmul_(acc_delta.mul_(rho), delta, delta, value=1 - rho)
+    add_(p, delta, alpha=-lr)
 
 
 ADADELTA_ALGORITHM = Algorithm(
@@ -51,6 +51,8 @@ ADADELTA_ALGORITHM = Algorithm(
 
 class Adadelta(Optimizer):
     """Adadelta; see :mod:`torchstep.algorithms.adadelta`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = ADADELTA_ALGORITHM
 
@@ -69,8 +71,9 @@ class Adadelta(Optimizer):
     ) -> None:
         lr_checks(lr)
         check.in_range(rho, "rho", "rho value", 0.0, 1.0)
+        check.alpha_number(rho, "rho", booleans_refused=False)  # torch: value=1 - rho at the step
         check.at_least(eps, "eps", "epsilon value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        weight_decay_checks(weight_decay)
         defaults = dict(
             lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize, capturable=capturable,
             foreach=foreach, differentiable=differentiable,

@@ -94,6 +94,8 @@ def adafactor_update(p, g, state, *, lr, beta2_decay, eps1, eps2, d, weight_deca
 class Adafactor(PerTensorOptimizer):
     """Adafactor; see :mod:`torchstep.algorithms.adafactor`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,
@@ -109,10 +111,11 @@ class Adafactor(PerTensorOptimizer):
         check.tensor_scalar(lr, "lr")
         check.should_be(lr, "lr", "Learning rate", ">=", 0)
         check.should_be(beta2_decay, "beta2_decay", "beta2_decay", "<=", 0)
-        check.pair(eps, "eps", "(eps1, eps2)")
-        if eps[0] is not None:
-            check.should_be(eps[0], "eps[0]", "epsilon1", ">=", 0)
-        check.should_be(eps[1], "eps[1]", "epsilon2", ">=", 0)
+        eps1 = check.item(eps, 0, "eps", "a pair (eps1 or None, eps2)")
+        if eps1 is not None:
+            check.should_be(eps1, "eps[0]", "epsilon1", ">=", 0)
+        check.should_be(check.item(eps, 1, "eps", "a pair (eps1 or None, eps2)"), "eps[1]", "epsilon2", ">=", 0)
+        check.pair(eps, "eps", "(eps1, eps2)")  # torch: ValueError when the step unpacks it
         check.should_be(d, "d", "Clipping threshold d", ">=", 1)
         check.should_be(weight_decay, "weight_decay", "weight_decay", ">=", 0)
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach, maximize=maximize)

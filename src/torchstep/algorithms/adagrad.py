@@ -22,8 +22,8 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
-from ._common import lr_checks
+from ..core.wrappers import addcdiv_, plain
+from ._common import lr_checks, weight_decay_checks
 from ..backends.reference import new_step_tensor
 
 
@@ -45,7 +45,7 @@ def update(p, g, sum, *, clr, eps) -> None:  # noqa: A002 - torch's state key is
     """``s <- s + g^2``; ``p <- p - clr * g / (sqrt(s) + eps)``."""
     sum.addcmul_(g, g, value=1)
     std = sum.sqrt() + eps
-    p.addcdiv_(g, std, value=-clr)
+    addcdiv_(p, g, std, value=-clr)
 
 
 def sparse_update(p, g, sum, *, clr, eps) -> None:  # noqa: A002
@@ -60,11 +60,14 @@ def sparse_update(p, g, sum, *, clr, eps) -> None:  # noqa: A002
 ADAGRAD_ALGORITHM = Algorithm(
     name="adagrad", state_names=state_names, scalars=scalars, update=update, init=init,
     sparse_update=sparse_update, sparse_weight_decay=False,
+    lazy_state=True,  # the accumulator is created at the first step (torch: at construction)
 )
 
 
 class Adagrad(Optimizer):
     """Adagrad; see :mod:`torchstep.algorithms.adagrad`."""
+
+    _load_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}  # what torch's __setstate__ fills in
 
     algorithm = ADAGRAD_ALGORITHM
 
@@ -84,7 +87,8 @@ class Adagrad(Optimizer):
     ) -> None:
         lr_checks(lr)
         check.at_least(lr_decay, "lr_decay", "lr_decay value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        check.alpha_number(lr_decay, "lr_decay", booleans_refused=False)
+        weight_decay_checks(weight_decay)
         check.at_least(initial_accumulator_value, "initial_accumulator_value", "initial_accumulator_value value")
         check.at_least(eps, "eps", "epsilon value")
         defaults = dict(

@@ -30,8 +30,8 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain, running_max_
-from ._common import lr_checks
+from ..core.wrappers import addcdiv_, addcmul_, plain, running_max_
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -52,13 +52,13 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 def update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, beta1, beta2, step_size, bias_correction2_sqrt, eps) -> None:
     """The Adam moment updates and parameter step (see module docstring)."""
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    addcmul_(exp_avg_sq.mul_(beta2), g, g, value=1 - beta2)
     second = exp_avg_sq
     if max_exp_avg_sq is not None:
         running_max_(max_exp_avg_sq, exp_avg_sq)
         second = max_exp_avg_sq
     denom = second.sqrt() / bias_correction2_sqrt + eps
-    p.addcdiv_(exp_avg, denom, value=-step_size)
+    addcdiv_(p, exp_avg, denom, value=-step_size)
 
 
 ADAM_ALGORITHM = Algorithm(
@@ -72,8 +72,8 @@ def adam_defaults(lr, betas, eps, weight_decay, amsgrad, *, foreach, maximize, c
     """Validate Adam-family arguments as torch does; returns the defaults dict."""
     lr_checks(lr, foreach=foreach, capturable=capturable)
     check.at_least(eps, "eps", "epsilon value")
-    check.betas_pair(betas)
-    check.at_least(weight_decay, "weight_decay", "weight_decay value")
+    check.betas_pair(betas, floats_or_tensors=True)
+    weight_decay_checks(weight_decay, decoupled=decoupled_weight_decay)
     for i, b in enumerate(betas):
         check.no_tensor_hyper_with_foreach(b, f"betas[{i}]", foreach=foreach, capturable=capturable)
     betas = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim() else b for b in betas)
@@ -86,6 +86,8 @@ def adam_defaults(lr, betas, eps, weight_decay, amsgrad, *, foreach, maximize, c
 
 class Adam(Optimizer):
     """Adam / AMSGrad; ``decoupled_weight_decay=True`` makes it AdamW. See :mod:`torchstep.algorithms.adam`."""
+
+    _load_defaults = {**LOAD_FLAGS, "amsgrad": False, "decoupled_weight_decay": False, "fused": None}  # what torch's __setstate__ fills in
 
     algorithm = ADAM_ALGORITHM
 

@@ -23,8 +23,8 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain, running_max_
-from ._common import lr_checks
+from ..core.wrappers import addcdiv_, plain, running_max_
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -40,7 +40,7 @@ def update(p, g, exp_avg, exp_inf, *, beta1, beta2, eps, clr) -> None:
     """``m <- lerp(m, g, 1-beta1)``; ``u <- max(beta2*u, |g|+eps)``; ``p <- p - clr*m/u``."""
     exp_avg.lerp_(g, 1 - beta1)
     running_max_(exp_inf.mul_(beta2), g.abs().add_(eps))
-    p.addcdiv_(exp_avg, exp_inf, value=-clr)
+    addcdiv_(p, exp_avg, exp_inf, value=-clr)
 
 
 ADAMAX_ALGORITHM = Algorithm(
@@ -49,16 +49,18 @@ ADAMAX_ALGORITHM = Algorithm(
 )
 
 
-def adam_like_checks(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> None:
+def adam_like_checks(lr: Any, betas: Any, eps: Any, weight_decay: Any, decoupled: Any = False) -> None:
     """The checks Adamax, NAdam and RAdam share with torch: lr, eps, betas, weight_decay."""
     lr_checks(lr)
     check.at_least(eps, "eps", "epsilon value")
-    check.betas_pair(betas, allow_tensors=False)
-    check.at_least(weight_decay, "weight_decay", "weight_decay value")
+    check.betas_pair(betas)
+    weight_decay_checks(weight_decay, decoupled=decoupled)
 
 
 class Adamax(Optimizer):
     """Adamax; see :mod:`torchstep.algorithms.adamax`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = ADAMAX_ALGORITHM
 

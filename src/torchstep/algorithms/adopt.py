@@ -87,7 +87,7 @@ class ADOPT(Optimizer):
                  foreach: bool | None = None, cautious: bool = False) -> None:
         lr_checks(lr)
         check.at_least(eps, "eps", "epsilon value")
-        check.betas_pair(betas, allow_tensors=False)
+        check.betas_pair(betas)
         check.at_least(weight_decay, "weight_decay", "weight_decay value")
         check.callable_or_none(clip_lambda, "clip_lambda")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,

@@ -29,11 +29,10 @@ from typing import Any
 import torch
 
 from ..backends.reference import upgrade_scalar_state
-from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
-from ._common import lr_checks
+from ..core.wrappers import add_, plain
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -70,7 +69,7 @@ def advance(scalars: dict, eta: torch.Tensor, mu: torch.Tensor) -> dict:
 def update(p, g, ax, *, lambd, next_eta, next_mu, eta, mu, reset_average) -> None:
     """Decay and step ``p``; move the average ``ax`` toward it (or restart it at ``p``)."""
     p.mul_(1 - lambd * eta)
-    p.add_(g, alpha=-eta)
+    add_(p, g, alpha=-eta)
     if reset_average:
         ax.copy_(p)
     else:
@@ -85,6 +84,8 @@ ASGD_ALGORITHM = Algorithm(
 
 class ASGD(Optimizer):
     """Averaged SGD; the average is ``optimizer.state[p]["ax"]``. See :mod:`torchstep.algorithms.asgd`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = ASGD_ALGORITHM
 
@@ -102,7 +103,7 @@ class ASGD(Optimizer):
         capturable: bool = False,
     ) -> None:
         lr_checks(lr)
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        weight_decay_checks(weight_decay)
         defaults = dict(
             lr=lr, lambd=lambd, alpha=alpha, t0=t0, weight_decay=weight_decay, foreach=foreach, maximize=maximize,
             differentiable=differentiable, capturable=capturable,

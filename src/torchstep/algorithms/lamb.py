@@ -47,6 +47,7 @@ import math
 import torch
 
 from ..backends import staged
+from ..backends.plan import held_by
 from ..backends.reference import new_step_tensor
 from ..core import check
 from .adamax import adam_like_checks
@@ -150,7 +151,7 @@ class Lamb(PerTensorOptimizer):
     def fused_group(self, group: dict, params: list[torch.Tensor], force_triton: bool, cache: dict) -> None:
         """The step of ``update_group`` as two fused passes (see module docstring)."""
         (beta1, beta2), eps, states = group["betas"], group["eps"], [self.state[p] for p in params]
-        counts = self.__dict__.setdefault("_step_counts", {}).setdefault(id(group), staged.StepCounts())
+        counts = held_by(self, "_step_counts", group, staged.StepCounts)
         ts = counts.next(params, states)
         bias = {}
         if group["bias_correction"]:

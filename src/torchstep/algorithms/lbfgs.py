@@ -104,6 +104,8 @@ MEMORY_KEYS = ("d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad
 class LBFGS(Optimizer):
     """L-BFGS over one parameter group; ``step`` needs a closure. See :mod:`torchstep.algorithms.lbfgs`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,
@@ -116,13 +118,11 @@ class LBFGS(Optimizer):
         line_search_fn: str | None = None,
     ) -> None:
         lr_checks(lr)
-        check.at_least(max_iter, "max_iter", "max_iter", 1)
+        # as in torch, the iteration limits and tolerances are only compared with at the step: a
+        # limit <= 0 (or NaN) means no iteration, a negative tolerance never stops early
         if max_eval is None:
             max_eval = max_iter * 5 // 4
-        check.at_least(max_eval, "max_eval", "max_eval", 1)
-        check.at_least(tolerance_grad, "tolerance_grad", "tolerance_grad", 0.0)
-        check.at_least(tolerance_change, "tolerance_change", "tolerance_change", 0.0)
-        check.whole_number(history_size, "history_size", 1)
+        check.history_length(history_size, "history_size")
         check.one_of(line_search_fn, "line_search_fn", LINE_SEARCHES, "only 'strong_wolfe' is supported", RuntimeError)
         defaults = dict(
             lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
@@ -131,13 +131,15 @@ class LBFGS(Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
-        """LBFGS optimizes exactly one group; a second one is refused."""
-        if self.param_groups:
+        """LBFGS optimizes exactly one group; a second one is refused (after the checks every
+        group goes through, which torch runs first: duplicates, names)."""
+        super().add_param_group(param_group)
+        if len(self.param_groups) > 1:
+            self.param_groups.pop()
             raise ValueError(
                 "LBFGS doesn't support per-parameter options (parameter groups) "
                 f"(it optimizes exactly one group; got a group #{len(self.param_groups)})"
             )
-        super().add_param_group(param_group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

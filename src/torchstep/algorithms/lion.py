@@ -62,7 +62,7 @@ class Lion(Optimizer):
                  weight_decay: float = 0.0, *, maximize: bool = False, foreach: bool | None = None,
                  cautious: bool = False) -> None:
         lr_checks(lr)
-        check.betas_pair(betas, allow_tensors=False)
+        check.betas_pair(betas)
         check.at_least(weight_decay, "weight_decay", "weight_decay value")
         defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         cautious=cautious, decoupled_weight_decay=True)

@@ -29,6 +29,7 @@ https://kellerjordan.github.io/posts/muon/ ; Liu et al., "Muon is Scalable for L
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 
@@ -70,6 +71,8 @@ def require_matrix(p: torch.Tensor) -> None:
 class Muon(PerTensorOptimizer):
     """Muon for 2-D parameters; see :mod:`torchstep.algorithms.muon`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,
@@ -87,9 +90,12 @@ class Muon(PerTensorOptimizer):
         check.should_be(momentum, "momentum", "momentum", ">=", 0)
         check.should_be(weight_decay, "weight_decay", "weight decay", ">=", 0)
         check.one_of(adjust_lr_fn, "adjust_lr_fn", LR_ADJUSTMENTS, f"Adjust learning rate function {adjust_lr_fn} is not supported")
+        # torch checks these at the step, in this order; the same exception types here. A
+        # negative ns_steps means no iteration and any eps clamps, as in torch.
+        if check.holds(lambda n: n >= MAX_NS_STEPS, ns_steps, "ns_steps", f"an integer < {MAX_NS_STEPS}"):
+            raise ValueError(f"Number of steps must be less than 100 for computational efficiency (ns_steps={ns_steps!r})")
         check.pair(ns_coefficients, "ns_coefficients", "(a, b, c)", 3, "Coefficients must be a tuple of exactly 3 values")
-        check.whole_number(ns_steps, "ns_steps", 0, MAX_NS_STEPS, "Number of steps must be less than 100 for computational efficiency")
-        check.should_be(eps, "eps", "eps", ">=", 0)
+        check.holds(operator.index, ns_steps, "ns_steps", f"an integer < {MAX_NS_STEPS}")
         defaults = dict(
             lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_coefficients=ns_coefficients,
             eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,

@@ -33,7 +33,8 @@ from ..backends.reference import new_step_tensor, upgrade_scalar_state
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ._common import LOAD_FLAGS
+from ..core.wrappers import addcdiv_, addcmul_, plain
 from .adamax import adam_like_checks
 
 
@@ -67,7 +68,9 @@ def advance(scalars: dict, mu_product: torch.Tensor) -> dict:
     """``mu_product <- mu_product * mu``; the coefficients of ``g`` and ``m`` in the step."""
     lr, mu, mu_next = scalars["lr"], scalars["mu"], scalars["mu_next"]
     mu_product.mul_(mu)
-    product = mu_product.item()
+    # a number (double precision, as torch's default path), unless a differentiable step must
+    # carry mu_product's gradient on (torch's differentiable path keeps it a tensor too)
+    product = mu_product if mu_product.requires_grad and torch.is_grad_enabled() else mu_product.item()
     return {
         "grad_coef": -lr * (1.0 - mu) / (1.0 - product),
         "avg_coef": (-lr * mu_next) / (1.0 - product * mu_next),
@@ -78,10 +81,10 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, bias_correction2
            avg_coef) -> None:
     """The moment updates and the two-term Nesterov step (see module docstring)."""
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    addcmul_(exp_avg_sq.mul_(beta2), g, g, value=1 - beta2)
     denom = exp_avg_sq.div(bias_correction2).sqrt() + eps
-    p.addcdiv_(g, denom, value=grad_coef)
-    p.addcdiv_(exp_avg, denom, value=avg_coef)
+    addcdiv_(p, g, denom, value=grad_coef)
+    addcdiv_(p, exp_avg, denom, value=avg_coef)
 
 
 NADAM_ALGORITHM = Algorithm(
@@ -92,6 +95,8 @@ NADAM_ALGORITHM = Algorithm(
 
 class NAdam(Optimizer):
     """NAdam; see :mod:`torchstep.algorithms.nadam`."""
+
+    _load_defaults = {**LOAD_FLAGS, "decoupled_weight_decay": False}  # what torch's __setstate__ fills in
 
     algorithm = NADAM_ALGORITHM
 
@@ -110,7 +115,7 @@ class NAdam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        adam_like_checks(lr, betas, eps, weight_decay)
+        adam_like_checks(lr, betas, eps, weight_decay, decoupled_weight_decay)
         check.at_least(momentum_decay, "momentum_decay", "momentum_decay value")
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, momentum_decay=momentum_decay,

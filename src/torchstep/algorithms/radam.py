@@ -32,7 +32,8 @@ import torch
 
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ._common import LOAD_FLAGS
+from ..core.wrappers import addcmul_, plain
 from .adamax import adam_like_checks
 
 
@@ -63,7 +64,7 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, bias_correction1
            rect) -> None:
     """The moment updates and the (rectified) step (see module docstring)."""
     exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    addcmul_(exp_avg_sq.mul_(beta2), g, g, value=1 - beta2)
     step = exp_avg / bias_correction1 * lr
     if rectified:
         step = step * (bias_correction2_sqrt / (exp_avg_sq.sqrt() + eps)) * rect
@@ -78,6 +79,8 @@ RADAM_ALGORITHM = Algorithm(
 
 class RAdam(Optimizer):
     """RAdam; see :mod:`torchstep.algorithms.radam`."""
+
+    _load_defaults = {**LOAD_FLAGS, "decoupled_weight_decay": False}  # what torch's __setstate__ fills in
 
     algorithm = RADAM_ALGORITHM
 
@@ -95,7 +98,7 @@ class RAdam(Optimizer):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        adam_like_checks(lr, betas, eps, weight_decay)
+        adam_like_checks(lr, betas, eps, weight_decay, decoupled_weight_decay)
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach,
             capturable=capturable, decoupled_weight_decay=decoupled_weight_decay, differentiable=differentiable,

@@ -29,8 +29,8 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
-from ._common import lr_checks
+from ..core.wrappers import add_, addcdiv_, addcmul_, plain
+from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -48,7 +48,7 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 
 def update(p, g, square_avg, momentum_buffer=None, grad_avg=None, *, lr, alpha, eps, momentum) -> None:
     """The RMSprop update (see module docstring)."""
-    square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
+    addcmul_(square_avg.mul_(alpha), g, g, value=1 - alpha)
     if grad_avg is not None:
         grad_avg.lerp_(g, 1 - alpha)
         avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt()
@@ -57,9 +57,9 @@ def update(p, g, square_avg, momentum_buffer=None, grad_avg=None, *, lr, alpha, 
     avg = avg + eps
     if momentum_buffer is not None:
         momentum_buffer.mul_(momentum).addcdiv_(g, avg)
-        p.add_(momentum_buffer, alpha=-lr)
+        add_(p, momentum_buffer, alpha=-lr)
     else:
-        p.addcdiv_(g, avg, value=-lr)
+        addcdiv_(p, g, avg, value=-lr)
 
 
 RMSPROP_ALGORITHM = Algorithm(
@@ -70,6 +70,8 @@ RMSPROP_ALGORITHM = Algorithm(
 
 class RMSprop(Optimizer):
     """RMSprop; see :mod:`torchstep.algorithms.rmsprop`."""
+
+    _load_defaults = {**LOAD_FLAGS, "momentum": 0, "centered": False}  # what torch's __setstate__ fills in
 
     algorithm = RMSPROP_ALGORITHM
 
@@ -90,8 +92,9 @@ class RMSprop(Optimizer):
         lr_checks(lr)
         check.at_least(eps, "eps", "epsilon value")
         check.at_least(momentum, "momentum", "momentum value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        weight_decay_checks(weight_decay)
         check.at_least(alpha, "alpha", "alpha value")
+        check.alpha_number(alpha, "alpha", booleans_refused=False)  # torch: value=1 - alpha at the step
         defaults = dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered, weight_decay=weight_decay,
             capturable=capturable, foreach=foreach, maximize=maximize, differentiable=differentiable,

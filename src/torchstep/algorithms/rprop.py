@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import plain
-from ._common import lr_checks
+from ._common import LOAD_FLAGS, lr_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -65,15 +66,18 @@ RPROP_ALGORITHM = Algorithm(
 
 def _check_etas(etas: Any) -> None:
     """``0 < etaminus < 1 < etaplus``, as torch requires."""
-    etaminus, etaplus = etas
-    if not 0.0 < etaminus < 1.0 < etaplus:
-        raise ValueError(
-            f"Invalid eta values: {etaminus}, {etaplus} (etas must satisfy 0.0 < etas[0] < 1.0 < etas[1])"
-        )
+    shape, allowed = "a pair (etaminus, etaplus)", "0.0 < etas[0] < 1.0 < etas[1]"
+    etaminus = check.item(etas, 0, "etas", shape)  # indexed, and compared, in torch's order
+    ok = check.holds(lambda e: 0.0 < e < 1.0, etaminus, "etas[0]", allowed)
+    etaplus = check.item(etas, 1, "etas", shape)
+    if not (ok and check.holds(lambda e: 1.0 < e, etaplus, "etas[1]", allowed)):
+        raise ValueError(f"Invalid eta values: {etaminus}, {etaplus} (etas must satisfy {allowed})")
 
 
 class Rprop(Optimizer):
     """Rprop; see :mod:`torchstep.algorithms.rprop`."""
+
+    _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
 
     algorithm = RPROP_ALGORITHM
 

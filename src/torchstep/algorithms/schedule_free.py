@@ -198,7 +198,7 @@ class AdamWScheduleFree(ScheduleFreeOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0, warmup_steps: int = 0, r: float = 0.0,
                  weight_lr_power: float = 2.0, foreach: bool | None = True) -> None:
         schedule_checks(lr, weight_decay, warmup_steps, r, weight_lr_power)
-        check.betas_pair(betas, allow_tensors=False)
+        check.betas_pair(betas)
         check.positive(betas[0], "betas[0]", "beta parameter at index 0")
         check.at_least(eps, "eps", "epsilon value")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, r=r, warmup_steps=warmup_steps,

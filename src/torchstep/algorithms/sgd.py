@@ -11,7 +11,9 @@ With gradient :math:`g_t` (after ``maximize`` and L2 ``weight_decay`` :math:`\la
 
     \theta_t = \theta_{t-1} - \gamma d_t
 
-State: ``momentum_buffer`` (:math:`b`), only when ``momentum != 0``. Sparse gradients are accepted.
+State: ``momentum_buffer`` (:math:`b`), only when ``momentum != 0``. Sparse gradients are accepted;
+the buffer then is sparse too, as in torch (weight decay with a sparse gradient is an error there
+and here: a sparse plus a dense tensor).
 Reference: Sutskever et al., "On the importance of initialization and momentum in deep learning"
 (ICML 2013) for the momentum form used here.
 """
@@ -25,8 +27,8 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
-from ._common import lr_checks
+from ..core.wrappers import add, add_, plain
+from ._common import lr_checks, weight_decay_checks
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -40,33 +42,54 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
         "lr": plain(group["lr"]),
         "momentum": momentum,
         "decay": 0.0 if first else momentum,
-        "gain": 1.0 if first else 1.0 - group["dampening"],
-        "nesterov": group["nesterov"],
+        # dampening is read only where there is a buffer to damp (torch accepts any value otherwise)
+        "gain": 1.0 if first or momentum == 0 else 1.0 - group["dampening"],
+        "nesterov": bool(group["nesterov"]),  # read for its truth, as torch's `if nesterov:`
     }
 
 
 def update(p, g, momentum_buffer=None, *, lr, momentum, decay, gain, nesterov) -> None:
     """``b <- decay*b + gain*g``; ``d = g + momentum*b`` (nesterov) or ``b``; ``p <- p - lr*d``."""
     if momentum_buffer is not None:
-        momentum_buffer.mul_(decay).add_(g, alpha=gain)
-        g = g.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
-    p.add_(g, alpha=-lr)
+        add_(momentum_buffer.mul_(decay), g, alpha=gain)
+        g = add(g, momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+    add_(p, g, alpha=-lr)
+
+
+def init(p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
+    """The buffer starts as zeros shaped like ``p`` -- sparse (no entries) when the gradient that
+    first fills it is sparse: the first step adds the gradient to it, so it holds a copy of that
+    gradient in the gradient's layout, as torch's buffer does."""
+    if group["momentum"] == 0:
+        return {}
+    g = p.grad
+    if g is not None and g.is_sparse:
+        empty = torch.sparse_coo_tensor(
+            torch.empty(g.sparse_dim(), 0, dtype=torch.int64, device=g.device),
+            torch.empty((0, *g.shape[g.sparse_dim():]), dtype=g.dtype, device=g.device),
+            g.shape,
+        )
+        return {"momentum_buffer": empty}
+    return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
 
 def sparse_update(p, g, momentum_buffer=None, **scalars) -> None:
-    """A sparse gradient: applied as is without momentum; with momentum the buffer is dense, so
-    the gradient is densified first (same values as torch's sparse buffer)."""
-    update(p, g if momentum_buffer is None else g.to_dense(), momentum_buffer, **scalars)
+    """A sparse gradient, applied as a sparse tensor; a sparse buffer (see ``init``) stays sparse
+    and accumulates the gradients' entries, as in torch (a dense buffer stays dense)."""
+    update(p, g, momentum_buffer, **scalars)
 
 
 SGD_ALGORITHM = Algorithm(
-    name="sgd", state_names=state_names, scalars=scalars, update=update, counts_steps=False,
+    name="sgd", state_names=state_names, scalars=scalars, update=update, init=init, counts_steps=False,
+    lazy_state=True,
     sparse_update=sparse_update,
 )
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent (optionally with momentum); see :mod:`torchstep.algorithms.sgd`."""
+
+    _load_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}  # what torch's __setstate__ fills in
 
     algorithm = SGD_ALGORITHM
 
@@ -84,9 +107,9 @@ class SGD(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        lr_checks(lr)
-        check.at_least(momentum, "momentum", "momentum value")
-        check.at_least(weight_decay, "weight_decay", "weight_decay value")
+        lr_checks(lr, nan_ok=True)
+        check.not_below(momentum, "momentum", "momentum value")
+        weight_decay_checks(weight_decay, nan_ok=True)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 "Nesterov momentum requires a momentum and zero dampening "

@@ -52,6 +52,8 @@ def sparse_adam_update(p, g, exp_avg, exp_avg_sq, *, step: int, lr: float, beta1
 class SparseAdam(Optimizer):
     """Adam for sparse gradients; see :mod:`torchstep.algorithms.sparse_adam`."""
 
+    _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
+
     def __init__(
         self,
         params,
@@ -63,7 +65,7 @@ class SparseAdam(Optimizer):
         check.tensor_scalar(lr, "lr")
         check.positive(lr, "lr", "learning rate")
         check.positive(eps, "eps", "epsilon value")
-        check.betas_pair(betas, allow_tensors=False)
+        check.betas_pair(betas)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize))
         sparse, complex_ = [], []
         for gi, group in enumerate(self.param_groups):

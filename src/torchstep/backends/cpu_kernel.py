@@ -9,8 +9,11 @@ A program with reductions also writes, per chunk, the sum of squares of each red
 (or its plain sum, see :class:`~.trace.Summed`; accumulated in double) to ``sums[r * nchunks + chunk]``; the caller adds chunks up per tensor.
 
 Compilation uses the system C compiler (``$CC`` or ``cc``) with ``-O3 -march=native -fopenmp``;
-a kernel is compiled once per program and dtype and cached on disk (``$TORCHSTEP_CACHE`` or
-``~/.cache/torchstep``), so later processes only load it.
+a kernel is compiled once per program and dtype and cached on disk, so later processes only load
+it. The cache trusts nothing it finds (:mod:`.kernel_cache`): a private directory, atomic writes,
+a content hash checked before a library is loaded. A compiler that fails is found out once per
+process (a tiny probe program is compiled before the first real one) and reported with its own
+error; the steps then take the reference path.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from . import kernel_cache
 from .codegen import render
 from .trace import Program
 
@@ -55,17 +59,17 @@ static inline uint16_t bf16_store(float f) {
 _loaded: dict[str, ctypes.CDLL] = {}
 
 
-class CompilerUnavailable(RuntimeError):
+class KernelUnavailable(RuntimeError):
+    """No kernel can be had for this program (the message says why); the step takes the
+    reference path for the tensors it was meant for, before anything was written."""
+
+
+class CompilerUnavailable(KernelUnavailable):
     """No working C compiler with OpenMP was found."""
 
 
 def supported_dtype(dtype: torch.dtype) -> bool:
     return dtype in _C_TYPES
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("TORCHSTEP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "torchstep")
-    return Path(root) / "kernels"
 
 
 def compiler() -> str | None:
@@ -129,7 +133,7 @@ def evaluate_uniform(program: Program, args: list) -> list[float]:
     """Values of :func:`uniform_nodes`, computed in Python with the arguments as given (floats or
     0-d tensors), so scalar arithmetic follows torch's rules exactly (e.g. in a tensor lr's dtype)."""
     values: dict[int, object] = {}
-    for i, op, fn, a in _uniform_steps(program):
+    for i, op, fn, a in uniform_steps(program):
         if op == "const":
             values[i] = a[0]
         elif op == "arg":
@@ -139,7 +143,7 @@ def evaluate_uniform(program: Program, args: list) -> list[float]:
     return [float(v) for v in values.values()]
 
 
-def _uniform_steps(program: Program) -> list[tuple]:
+def uniform_steps(program: Program) -> list[tuple]:
     """(node, op, Python function, operands) for each uniform node, prepared once per program."""
     cached = program.__dict__.get("_uniform_steps")
     if cached is None:
@@ -213,30 +217,90 @@ def _machine_tag() -> str:
     return f"{platform.machine()}-{sys.platform}-{hashlib.sha1(cpu.encode()).hexdigest()[:8]}"
 
 
+_PROBE = "int step(void) { return 0; }\n"
+_broken_compilers: dict[tuple, str] = {}  # (cc, flags) -> why it cannot build anything
+_failed_programs: dict[str, str] = {}  # digest -> why this one program did not build
+
+
+def _flags() -> list[str]:
+    return FLAGS + os.environ.get("TORCHSTEP_CFLAGS", "").split()
+
+
+def _compile(cc: str, flags: list[str], source: str, workdir: Path) -> Path:
+    """Compile ``source`` into a shared library in ``workdir`` and check that it loads and
+    exports ``step``; raises KernelUnavailable with the compiler's own words otherwise."""
+    src, out = workdir / "kernel.c", workdir / "kernel.so"
+    src.write_text(source)
+    try:
+        result = subprocess.run([cc, *flags, str(src), "-o", str(out)], capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise KernelUnavailable(f"C compiler {cc!r} could not run: {exc}") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()[:500] or f"exit status {result.returncode}"
+        raise KernelUnavailable(f"C compiler {cc!r} failed: {detail}")
+    try:
+        ctypes.CDLL(str(out)).step  # noqa: B018 -- loads it and looks the symbol up
+    except (OSError, AttributeError) as exc:
+        raise KernelUnavailable(f"C compiler {cc!r} exited 0 but wrote no loadable library ({exc})") from None
+    return out
+
+
+def _check_compiler(cc: str, flags: list[str]) -> None:
+    """Compile the probe once per (compiler, flags) and process; raise if it cannot."""
+    key = (cc, tuple(flags))
+    if key not in _broken_compilers:
+        with tempfile.TemporaryDirectory(prefix="torchstep-probe-") as tmp:
+            try:
+                _compile(cc, flags, _PROBE, Path(tmp))
+                _broken_compilers[key] = ""
+            except KernelUnavailable as exc:
+                _broken_compilers[key] = str(exc)
+    if _broken_compilers[key]:
+        raise CompilerUnavailable(_broken_compilers[key])
+
+
+def _build_into(cache: "kernel_cache.KernelCache", cc: str, flags: list[str], source: str, digest: str) -> None:
+    with tempfile.TemporaryDirectory(dir=cache.root, prefix=".build-") as tmp:
+        cache.store(f"step_{digest}", _compile(cc, flags, source, Path(tmp)))
+
+
 def load(source: str) -> ctypes.CDLL:
-    """Compile ``source`` (or reuse the cached library) and return it loaded."""
+    """Compile ``source`` (or reuse the verified cached library) and return it loaded.
+    Raises :class:`KernelUnavailable` (nothing is loaded) when neither works."""
     cc = compiler()
-    flags = FLAGS + os.environ.get("TORCHSTEP_CFLAGS", "").split()
+    flags = _flags()
     digest = hashlib.sha256((source + (cc or "") + " ".join(flags) + _machine_tag()).encode()).hexdigest()[:24]
     if digest in _loaded:
         return _loaded[digest]
+    if digest in _failed_programs:
+        raise KernelUnavailable(_failed_programs[digest])
     if cc is None:
         raise CompilerUnavailable("no C compiler found (set $CC or install gcc/clang)")
-    target = cache_dir() / f"step_{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src = Path(tmp) / "kernel.c"
-            src.write_text(source)
-            out = Path(tmp) / "kernel.so"
-            cmd = [cc, *flags, str(src), "-o", str(out)]
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise CompilerUnavailable(f"{cc} failed: {result.stderr.strip()[:500]}")
-            os.replace(out, target)  # atomic: concurrent processes never see half a file
-    lib = ctypes.CDLL(str(target))
-    lib.step.restype = None
-    lib.step.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    cache = kernel_cache.KernelCache.open()
+    lib = cache.load(f"step_{digest}")
+    if lib is None:  # missing, or failed verification: (re)build it once
+        _check_compiler(cc, flags)
+        try:
+            try:
+                _build_into(cache, cc, flags, source, digest)
+            except OSError as exc:  # e.g. a read-only cache: this process keeps a private one
+                cache = kernel_cache.KernelCache.private(f"{cache.root} is not writable ({exc.strerror or exc})")
+                _build_into(cache, cc, flags, source, digest)
+        except KernelUnavailable as exc:
+            _failed_programs[digest] = str(exc)
+            raise
+        except OSError as exc:
+            _failed_programs[digest] = f"the kernel could not be written to {cache.root}: {exc}"
+            raise KernelUnavailable(_failed_programs[digest]) from None
+        lib = cache.load(f"step_{digest}")
+        if lib is None:
+            _failed_programs[digest] = f"the kernel built in {cache.root} did not pass verification when loaded back"
+            raise KernelUnavailable(_failed_programs[digest])
+    try:
+        lib.step.restype = None
+        lib.step.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    except AttributeError:
+        raise KernelUnavailable(f"cached kernel step_{digest} has no 'step' function") from None
     _loaded[digest] = lib
     return lib

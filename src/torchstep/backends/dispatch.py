@@ -22,9 +22,8 @@ import torch
 
 from ..core import cautious
 from . import cpu_kernel, fused, reference, staged
-from .trace import NotTraceable
+from . import plan as plan_mod
 
-_untraceable: dict[str, str] = {}
 _BACKENDS = ("auto", "fused", "reference", "triton")
 _forced: list[str] = [os.environ.get("TORCHSTEP_BACKEND", "auto")]
 
@@ -54,17 +53,14 @@ def _warn_once(opt: Any, reason: str) -> None:
         warnings.warn(f"{type(opt).__name__}: fused step unavailable ({reason}); using the reference path", stacklevel=4)
 
 
-def _fused_off(opt: Any, group: dict) -> tuple[bool, str | None]:
-    """(use the fused path?, reason to warn about when not)."""
+def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
+    """(take the fused path?, the reason to warn about when not)."""
     if _forced[-1] == "reference":
         return False, None
     if group.get("fused") is False or group.get("foreach") is False:
         return False, None
     if group.get("differentiable", False):
         return False, "differentiable=True needs autograd to record the update"
-    name = getattr(getattr(opt, "algorithm", None), "name", None)
-    if name in _untraceable:
-        return False, _untraceable[name]
     if _forced[-1] != "triton" and cpu_kernel.compiler() is None:
         return False, "no C compiler found (set $CC or install gcc/clang)"
     return True, None
@@ -73,9 +69,19 @@ def _fused_off(opt: Any, group: dict) -> tuple[bool, str | None]:
 def _unscale(params: list[torch.Tensor], grad_scale: Any) -> None:
     if grad_scale is not None:
         inv = 1.0 / float(grad_scale)
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(inv)
+        for g in {id(p.grad): p.grad for p in params if p.grad is not None}.values():  # once per tensor
+            g.mul_(inv)
+
+
+def _warn_leftover(opt: Any, leftover: list[torch.Tensor], force_triton: bool) -> None:
+    """Say why parameters the user expected to be fused were not (once per reason)."""
+    for p in leftover:
+        if p.grad is None or p.grad.is_sparse:
+            continue
+        if not plan_mod.is_plain(p):
+            _warn_once(opt, f"{type(p).__name__} parameters have no fused kernel")
+        elif not fused.can_fuse_device_dtype(p, force_triton):
+            _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
 
 
 def step_group(opt: Any, group: dict, grad_scale: Any = None, plans_of: dict | None = None) -> None:
@@ -92,53 +98,46 @@ def step_group(opt: Any, group: dict, grad_scale: Any = None, plans_of: dict | N
 
 
 def _step_group(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
-    use_fused, reason = _fused_off(opt, group)
+    use_fused, reason = _choose_path(opt, group)
     if use_fused:
-        steps = opt.__dict__.setdefault("_fused_plans", {}).setdefault(id(owner), {})
-        try:
-            leftover = fused.step_group(opt, group, steps, grad_scale, force_triton=_forced[-1] == "triton")
-        except NotTraceable as exc:
-            _untraceable[opt.algorithm.name] = f"the update uses an operation the tracer does not model: {exc}"
-            _warn_once(opt, _untraceable[opt.algorithm.name])
-            leftover = None
-        except cpu_kernel.CompilerUnavailable as exc:
-            _warn_once(opt, str(exc))
-            leftover = None
-        if leftover is None:  # nothing was updated: the whole group goes the reference way
-            leftover = [p for p in group["params"] if p.grad is not None]
-        for p in leftover:
-            if p.grad is not None and not p.grad.is_sparse and not fused.can_fuse_device_dtype(p, _forced[-1] == "triton"):
-                _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
-        _unscale(leftover, grad_scale)
-        reference.step_group(opt, group, leftover)
-        return
-    if reason is not None:
-        _warn_once(opt, reason)
-    params = [p for p in group["params"] if p.grad is not None]
-    _unscale(params, grad_scale)
-    reference.step_group(opt, group, params)
+        force_triton = _forced[-1] == "triton"
+        cache = plan_mod.held_by(opt, "_fused_plans", owner, dict)
+        leftover, reasons = fused.step_group(opt, group, cache, grad_scale, force_triton=force_triton)
+        for why in reasons:
+            _warn_once(opt, why)
+        _warn_leftover(opt, leftover, force_triton)
+    else:
+        if reason is not None:
+            _warn_once(opt, reason)
+        leftover = [p for p in group["params"] if p.grad is not None]
+    _unscale(leftover, grad_scale)
+    reference.step_group(opt, group, leftover)
 
 
 def fused_stages(opt: Any, group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
     """Run ``opt.fused_group(group, params, force_triton, cache)`` (a per-tensor algorithm's fused
     passes) over the parameters it can take; returns those left for its per-tensor path."""
-    use_fused, reason = _fused_off(opt, group)
+    use_fused, reason = _choose_path(opt, group)
     if not use_fused:
         if reason is not None:
             _warn_once(opt, reason)
         return params
     force_triton = _forced[-1] == "triton"
-    plans = opt.__dict__.setdefault("_fused_plans", {})
-    plan = plans.get((id(group), force_triton))
-    if plan is None or plan.still_valid(params, plan.names) is None:
-        plan = plans[(id(group), force_triton)] = staged.StagePlan.build(opt, params, force_triton)
-        for p in plan.leftover:
-            if not fused.can_fuse_device_dtype(p, force_triton):
-                _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
+    cache = plan_mod.held_by(opt, "_fused_plans", group, dict)
+    plan = cache.get("stages")
+    if plan is None or plan.force_triton != force_triton or plan.still_valid(params) is None:
+        plan = cache["stages"] = staged.StagePlan.build(opt, params, force_triton)
+        _warn_leftover(opt, plan.leftover, force_triton)
+        size = sum(map(len, plan.states))
+    else:
+        size = None
     if plan.params:
-        try:
+        try:  # a failing compiler is found by the probe, at the first kernel, before any write
             opt.fused_group(group, plan.params, force_triton, plan.cache)
-        except cpu_kernel.CompilerUnavailable as exc:  # in practice at the first kernel, before any write
+        except cpu_kernel.KernelUnavailable as exc:
+            cache.pop("stages", None)
             _warn_once(opt, str(exc))
             return params
+    if size is not None and sum(map(len, plan.states)) != size:  # state created (LARS' momentum): re-plan
+        cache.pop("stages", None)
     return plan.leftover

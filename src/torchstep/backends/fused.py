@@ -15,7 +15,9 @@ non-contiguous gradients, unsupported dtypes or devices) go through the referenc
 from __future__ import annotations
 
 import array
+import collections
 import ctypes
+import dataclasses
 import functools
 from typing import Any
 
@@ -23,14 +25,15 @@ import torch
 
 from ..core import wrappers
 from . import cpu_kernel, reference, triton_kernel
+from . import plan as plan_mod
 from .plan import Bucket, Plan, grad_table, pointer_table
-from .trace import trace
+from .trace import NotTraceable, trace
 
 _programs: dict[tuple, Any] = {}
 
 
 def _structure(value: Any) -> Any:
-    """What of a scalar's value shapes the program (its type and booleans), not its number."""
+    """What of a scalar's value shapes the program (booleans, None, strings), not its number."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     return "#"
@@ -50,7 +53,7 @@ class CKernel:
         chunk_t, chunk_s, chunk_n = _chunks(sizes, cpu_kernel.CHUNK)
         self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(), table_of_tables,
                       (ctypes.c_double * len(args))(*args), None if sums is None else sums.data_ptr(),
-                      torch.get_num_threads())
+                      min(torch.get_num_threads(), len(chunk_t)))  # no idle threads to wait for
 
 
 class TritonKernel:
@@ -77,14 +80,27 @@ def kernel_kind(p: torch.Tensor, force_triton: bool = False) -> str | None:
     return None
 
 
+class _Failed:
+    """A cached refusal: this program structure cannot be fused (the reason is kept)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
 def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: torch.dtype, unscale: bool,
             kind: str = "c"):
-    """The kernel (and its program) for this algorithm structure, dtype and kernel kind."""
+    """The kernel (and its program) for this update function, structure, dtype and kernel kind.
+    Raises :class:`~.cpu_kernel.KernelUnavailable` when there is none; a structure the tracer
+    cannot model is remembered for that structure only."""
     wd = wrappers.plain(group.get("weight_decay", 0))
     has_wd = not algo.applies_weight_decay and (isinstance(wd, torch.Tensor) or wd != 0)
-    flags = (bool(group.get("maximize", False)), has_wd, bool(group.get("decoupled_weight_decay", False)), unscale)
-    key = (kind, algo.name, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
-    if key not in _programs:
+    decoupled = has_wd and bool(group.get("decoupled_weight_decay", False))  # read only when it matters, as torch
+    flags = (bool(group.get("maximize", False)), has_wd, decoupled, unscale)
+    key = (kind, algo.update, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
+    found = _programs.get(key)
+    if isinstance(found, _Failed):
+        raise cpu_kernel.KernelUnavailable(found.reason)
+    if found is None:
         maximize, _, decoupled, _ = flags
 
         def fused_update(p, g, __lr=None, __wd=None, __inv_scale=None, **rest):
@@ -98,9 +114,24 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
         extra = {"__lr": 1.0, "__wd": 1.0}
         if unscale:
             extra["__inv_scale"] = 1.0
-        program = trace(fused_update, ["p", "g", *names], ["p", *names], {**scalars, **extra})
-        _programs[key] = ((CKernel if kind == "c" else TritonKernel)(program, dtype), program)
-    return _programs[key]
+        try:
+            program = trace(fused_update, ["p", "g", *names], ["p", *names], {**scalars, **extra})
+        except NotTraceable as exc:
+            _programs[key] = _Failed(f"the update uses an operation the tracer does not model: {exc}")
+            raise cpu_kernel.KernelUnavailable(_programs[key].reason) from None
+        try:
+            cpu_kernel.uniform_steps(program)
+        except ValueError as exc:
+            _programs[key] = _Failed(str(exc))
+            raise cpu_kernel.KernelUnavailable(_programs[key].reason) from None
+        found = _programs[key] = ((CKernel if kind == "c" else TritonKernel)(program, dtype), program)
+    return found
+
+
+def concrete_flags(scalars: dict) -> dict:
+    """0-d boolean tensors among the scalars (e.g. RAdam's ``rectified`` with tensor betas) choose
+    the program's structure, as Python booleans do: make them booleans."""
+    return {k: bool(v) if isinstance(v, torch.Tensor) and v.dtype == torch.bool else v for k, v in scalars.items()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,39 +152,85 @@ def can_fuse_device_dtype(p: torch.Tensor, force_triton: bool = False) -> bool:
 
 
 def can_fuse(p: torch.Tensor, g: torch.Tensor, force_triton: bool = False) -> bool:
+    """Whether the kernel may take this parameter and gradient: plain dense tensors (no DTensor or
+    other subclass: their data pointer is not the whole story), a kernel for the device and dtype,
+    matching gradient, contiguous."""
     return (
-        not g.is_sparse
+        plan_mod.is_plain(p)
+        and plan_mod.is_plain(g)
         and can_fuse_device_dtype(p, force_triton)
         and g.device == p.device
         and g.dtype == p.dtype
+        and g.shape == p.shape
         and p.is_contiguous()
         and g.is_contiguous()
     )
 
 
-def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, all_names: tuple, force_triton: bool) -> Plan:
-    """The slow path: sort parameters into fused / reference, create state, attach counters,
-    group by dtype and kernel kind, and build the pointer tables that do not change."""
+def param_index(opt: Any, p: torch.Tensor) -> int:
+    """``p``'s number in ``state_dict()`` (for error messages)."""
+    seen: dict[int, int] = {}
+    for group in opt.param_groups:
+        for q in group["params"]:
+            seen.setdefault(id(q), len(seen))
+    return seen.get(id(p), -1)
+
+
+def _forget(opt: Any, p: torch.Tensor, created: list[str]) -> None:
+    """Undo the state a plan build created for ``p`` (it goes the reference way, which must
+    see its first step as a first step)."""
+    state = opt.state.get(p)
+    if state is None:
+        return
+    for n in created:
+        state.pop(n, None)
+    if not state:
+        del opt.state[p]
+
+
+def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_triton: bool) -> Plan:
+    """The slow path: sort parameters into fused / reference, check and create state, attach
+    counters, group by dtype and kernel kind, and build the pointer tables. Refused for the
+    kernel: duplicates (torch updates such a tensor once per occurrence), zero-element tensors,
+    subclasses, non-contiguous or mismatched tensors, and tensors sharing memory."""
     algo = opt.algorithm
-    params, leftover, states, firsts = [], [], [], []
+    all_names = algo.state_names(group)
+    occurrences = collections.Counter(map(id, with_grad))
+    params, leftover, states, firsts, created = [], [], [], [], []
     for p in with_grad:
-        g = p.grad
-        if not can_fuse(p, g, force_triton):
+        if occurrences[id(p)] > 1 or p.numel() == 0 or not can_fuse(p, p.grad, force_triton):
             leftover.append(p)
             continue
+        state = opt.state.get(p, {})
+        for n in names:
+            if n in state:
+                plan_mod.check_state_shape(param_index(opt, p), p, n, state[n])
         state = opt.state[p]
+        before = set(state)
         first = reference.ensure_state(algo, p, group, state, all_names)
-        if not all(state[n].is_contiguous() and state[n].dtype == p.dtype and state[n].device == p.device for n in names):
+        made = [k for k in state if k not in before]
+        if not all(plan_mod.is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype
+                   and state[n].device == p.device for n in names):
+            _forget(opt, p, made)
             leftover.append(p)
             continue
         params.append(p)
         states.append(state)
         firsts.append(first)
+        created.append(made)
+    shared = plan_mod.overlapping([params] + [[s[n] for s in states] for n in names])
+    if shared:
+        for i in sorted(shared):
+            _forget(opt, params[i], created[i])
+            leftover.append(params[i])
+        keep = [i for i in range(len(params)) if i not in shared]
+        params, states, firsts, created = ([xs[i] for i in keep] for xs in (params, states, firsts, created))
     counted = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
-    plan = Plan(with_grad, params, leftover, states, [], [p.data_ptr() for p in params], firsts=firsts)
+    plan = Plan(with_grad, params, leftover, states, names=names, counted=counted, firsts=firsts)
+    plan.created = created
+    plan.force_triton = force_triton
     if params and counted:
         plan.counters.attach(counted, params, states)
-    plan.tensors = [tuple(s[n] for n in (*names, *counted)) for s in states]
     by_kind: dict[tuple, list[int]] = {}
     for i, p in enumerate(params):
         by_kind.setdefault((kernel_kind(p, force_triton), wrappers.as_real(p).dtype), []).append(i)
@@ -162,60 +239,123 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, all_names:
         tables += [pointer_table([wrappers.as_real(states[i][n]) for i in members]) for n in names]
         sizes = tuple(wrappers.as_real(params[i]).numel() for i in members)
         plan.buckets.append(Bucket(kind, dtype, members, sizes, tables))
+    plan.seal()
     return plan
 
 
-def step_group(opt: Any, group: dict, cache: dict, grad_scale=None, force_triton: bool = False) -> list[torch.Tensor]:
-    """Fused step of ``group``; returns the parameters left for the reference backend.
-    ``cache`` keeps this group's :class:`Plan` between steps."""
+def _roll_back(opt: Any, plan: Plan, members: list[int]) -> None:
+    for i in members:
+        if plan.firsts[i]:
+            _forget(opt, plan.params[i], plan.created[i])
+
+
+def step_group(opt: Any, group: dict, cache: dict, grad_scale=None,
+               force_triton: bool = False) -> tuple[list[torch.Tensor], list[str]]:
+    """Fused step of ``group``: returns the parameters left for the reference backend, and the
+    reasons (to warn about) why a kernel could not be had for some. ``cache`` keeps this group's
+    :class:`Plan` between steps.
+
+    Transactional: every kernel is obtained (traced, compiled, loaded) before any counter or
+    tensor changes; parameters whose kernel cannot be had go to the reference backend untouched,
+    with any state this step created removed again, so they see exactly one step."""
     algo = opt.algorithm
     names = algo.elementwise_names(group)
-    counted_names = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
     with_grad = [p for p in group["params"] if p.grad is not None]
     plan = cache.get("plan")
-    grads = plan.still_valid(with_grad, (*names, *counted_names)) if plan is not None else None
+    grads = None
+    if plan is not None and plan.names == names and plan.force_triton == force_triton:
+        grads = plan.still_valid(with_grad)
     if grads is None:
-        plan = _build_plan(opt, group, with_grad, names, algo.state_names(group), force_triton)
+        cache.pop("plan", None)
+        plan = _build_plan(opt, group, with_grad, names, force_triton)
+        grads = plan.still_valid(with_grad) if plan.params else []
+        if grads is None:  # a gradient shares memory with what the kernel writes
+            _roll_back(opt, plan, list(range(len(plan.params))))
+            return list(with_grad), []
         cache["plan"] = plan
-        grads = [p.grad for p in plan.params]
-    firsts, plan.firsts = plan.firsts or [False] * len(plan.params), []  # state is new only once
     if not plan.params:
-        return plan.leftover
+        return plan.leftover, []
+    firsts, plan.firsts = plan.firsts, [False] * len(plan.params)  # state is new only once
     inv_scale = None if grad_scale is None else 1.0 / float(grad_scale.item())
-    steps = plan.counters.bump("step") if algo.counts_steps else None
+    steps = [v + 1 for v in plan.counters.values("step")] if algo.counts_steps else None
     held = [plan.counters.values(n) for n in algo.scalar_state]
-    uniform = all(len(set(column)) <= 1 for column in (steps or [], firsts, *held))
+    work, failed, reasons = [], [], []
     for bucket in plan.buckets:
-        if uniform:  # the usual case: every parameter is at the same step
-            _run_bucket(opt, group, plan, bucket, None, steps[0] if steps else None, firsts[0], names, inv_scale, grads)
-            continue
-        groups: dict[tuple, list[int]] = {}
-        for j, i in enumerate(bucket.members):
-            key = (steps[i] if steps else None, firsts[i], tuple(h[i] for h in held))
-            groups.setdefault(key, []).append(j)
-        for (step, first, _), js in groups.items():
-            _run_bucket(opt, group, plan, bucket, js, step, first, names, inv_scale, grads)
-    return plan.leftover
+        for subset, step, first in _partition(bucket, steps, firsts, held):
+            members = bucket.members if subset is None else [bucket.members[j] for j in subset]
+            try:
+                work.append(_prepare(opt, group, plan, bucket, subset, members, step, first, inv_scale))
+            except cpu_kernel.KernelUnavailable as exc:
+                failed += members
+                reasons.append(str(exc))
+    leftover = plan.leftover
+    if failed:
+        plan.firsts = firsts
+        _roll_back(opt, plan, failed)
+        cache.pop("plan", None)
+        leftover = leftover + [plan.params[i] for i in sorted(failed)]
+    if algo.counts_steps and work:
+        plan.counters.bump("step", None if not failed else [i for w in work for i in w.members])
+    for item in work:
+        _launch(opt, plan, item)
+    return leftover, reasons
 
 
-def _run_bucket(opt, group, plan: Plan, bucket: Bucket, subset, step, first, names, inv_scale, grads) -> None:
+def _partition(bucket: Bucket, steps, firsts, held):
+    """(subset of the bucket, step, first) runs that share their scalars: the whole bucket in the
+    usual case, where every parameter is at the same step."""
+    members = bucket.members
+    keys = [((steps[i] if steps else None), firsts[i], tuple(h[i] for h in held)) for i in members]
+    if len(set(keys)) == 1:
+        yield None, keys[0][0], keys[0][1]
+        return
+    runs: dict[tuple, list[int]] = {}
+    for j, key in enumerate(keys):
+        runs.setdefault(key, []).append(j)
+    for (step, first, _), js in runs.items():
+        yield js, step, first
+
+
+@dataclasses.dataclass
+class _Work:
+    bucket: Bucket
+    subset: list[int] | None
+    members: list[int]
+    scalars: dict
+    values: dict
+    runner: Any
+    program: Any
+
+
+def _prepare(opt, group, plan: Plan, bucket: Bucket, subset, members, step, first, inv_scale) -> _Work:
+    """Everything a launch needs, with no side effect: scalars and the kernel."""
     algo = opt.algorithm
-    members = bucket.members if subset is None else [bucket.members[j] for j in subset]
-    scalars = algo.scalars(group, step, first)
+    scalars = concrete_flags(algo.scalars(group, step, first))
+    probe = scalars
+    if algo.advance is not None:  # the structure advance's scalars give, from copies of the state
+        lead = plan.states[members[0]]
+        probe = {**scalars, **algo.advance(scalars, **{n: lead[n].clone() for n in algo.scalar_state})}
+    runner, program = _kernel(algo, plan.names, group, probe, bucket.dtype, inv_scale is not None, bucket.kind)
+    values = {"__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
+    return _Work(bucket, subset, members, scalars, values, runner, program)
+
+
+def _launch(opt, plan: Plan, item: _Work) -> None:
+    algo = opt.algorithm
+    scalars, members, bucket, subset = item.scalars, item.members, item.bucket, item.subset
     if algo.advance is not None:
         lead = plan.states[members[0]]
-        scalars = {**scalars, **algo.advance(scalars, **{n: lead[n] for n in algo.scalar_state})}
+        scalars = {**scalars, **concrete_flags(algo.advance(scalars, **{n: lead[n] for n in algo.scalar_state}))}
         if len(members) > 1:
             for n in algo.scalar_state:
                 plan.counters.broadcast(n, members, lead[n])
-    runner, program = _kernel(algo, names, group, scalars, bucket.dtype, inv_scale is not None, bucket.kind)
-    values = {**scalars, "__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
-    uniform = cpu_kernel.evaluate_uniform(program, [wrappers.plain(values[k]) for k in program.scalars])
-    grad_ptrs = grad_table(grads, members)
+    values = {**scalars, **item.values}
+    uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.plain(values[k]) for k in item.program.scalars])
+    grad_ptrs = grad_table(plan.grad_ptrs, members)
     if subset is None:
         tables, sizes = [bucket.tables[0], grad_ptrs, *bucket.tables[1:]], bucket.sizes
     else:
         pick = torch.tensor(subset, dtype=torch.int64)
         tables = [bucket.tables[0][pick], grad_ptrs, *(t[pick] for t in bucket.tables[1:])]
         sizes = tuple(bucket.sizes[j] for j in subset)
-    runner.run(tables, sizes, uniform, plan.params[members[0]].device)
+    item.runner.run(tables, sizes, uniform, plan.params[members[0]].device)

@@ -48,14 +48,20 @@ def step_group(opt: Any, group: dict, params: list[torch.Tensor] | None = None) 
     algo = opt.algorithm
     names = algo.state_names(group)
     cache: dict[Any, dict] = {}
-    for p in group["params"] if params is None else params:
-        g = p.grad
-        if g is None:
-            continue
-        if g.is_sparse and algo.sparse_update is None:
+    todo = [p for p in (group["params"] if params is None else params) if p.grad is not None]
+    for p in todo:
+        if p.grad.is_sparse and algo.sparse_update is None:
             raise RuntimeError(algo.sparse_error)
+    # state is created for every parameter before any is updated, as torch does: a tensor listed
+    # twice sees its first step as a first step both times (SGD's momentum buffer)
+    created: dict[int, bool] = {}
+    for p in todo:
+        if id(p) not in created:
+            created[id(p)] = ensure_state(algo, p, group, opt.state[p], names)
+    firsts = [created[id(p)] for p in todo]
+    for p, first in zip(todo, firsts):
+        g = p.grad
         state = opt.state[p]
-        first = ensure_state(algo, p, group, state, names)
         step: Any = None
         if algo.counts_steps:
             state["step"] += 1

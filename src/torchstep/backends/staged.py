@@ -13,6 +13,7 @@ operations on those sums.
 
 from __future__ import annotations
 
+import collections
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -21,7 +22,7 @@ import torch
 
 from ..core import wrappers
 from . import cpu_kernel, fused, triton_kernel
-from .plan import GroupCounters, Plan
+from .plan import GroupCounters, Plan, check_state_shape, is_plain, overlapping
 from .trace import trace
 
 _kernels: dict[tuple, Any] = {}
@@ -38,27 +39,39 @@ def _kernel(fn: Callable, names: tuple, written: tuple, scalars: dict, per_tenso
 
 @dataclass
 class StagePlan(Plan):
-    """Which parameters of a group the fused passes take, re-checked each step as the fused
-    backend's :class:`~.plan.Plan` is; ``cache`` keeps pointer tables while the plan holds."""
+    """Which parameters of a group the fused passes take, re-checked each step exactly as the
+    fused backend's :class:`~.plan.Plan` is; ``cache`` keeps pointer tables while the plan holds."""
 
-    names: tuple[str, ...] = ()  # state tensors whose identity the plan checks (``step`` aside)
     cache: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, opt: Any, with_grad: list[torch.Tensor], force_triton: bool) -> "StagePlan":
-        kernels: dict[tuple, bool] = {}
+        """Sort ``with_grad`` (dense gradients: the per-tensor step checked them) into fused and
+        per-tensor parameters; a state tensor shaped unlike its parameter raises."""
+        occurrences = collections.Counter(map(id, with_grad))
         params, leftover = [], []
-        for p in with_grad:  # dense gradients: the per-tensor step checked them
-            g, held = p.grad, [v for k, v in opt.state[p].items() if k != "step" and isinstance(v, torch.Tensor)]
-            if (p.device, p.dtype) not in kernels:
-                kernels[(p.device, p.dtype)] = fused.can_fuse_device_dtype(p, force_triton)
-            ok = kernels[(p.device, p.dtype)] and p.is_contiguous() and g.is_contiguous() and all(
-                v.is_contiguous() and v.dtype == p.dtype and v.device == p.device for v in held)
+        for p in with_grad:
+            held = {k: v for k, v in opt.state[p].items() if k != "step" and isinstance(v, torch.Tensor)}
+            for k, v in held.items():
+                check_state_shape(fused.param_index(opt, p), p, k, v)
+            ok = occurrences[id(p)] == 1 and p.numel() > 0 and fused.can_fuse(p, p.grad, force_triton) and all(
+                is_plain(v) and v.is_contiguous() and v.dtype == p.dtype and v.device == p.device for v in held.values())
             (params if ok else leftover).append(p)
+        names = tuple(sorted({k for p in params for k, v in opt.state[p].items()
+                              if k != "step" and isinstance(v, torch.Tensor)}))
+        whole = [all(n in opt.state[p] for n in names) for p in params]
+        leftover += [p for p, ok in zip(params, whole) if not ok]
+        params = [p for p, ok in zip(params, whole) if ok]
         states = [opt.state[p] for p in params]
-        names = tuple(sorted({k for s in states for k in s if k != "step"}))
-        return cls(with_grad, params, leftover, states, [tuple(s.get(n) for n in names) for s in states],
-                   [p.data_ptr() for p in params], names=names)
+        shared = overlapping([params] + [[s[n] for s in states] for n in names])
+        if shared:
+            leftover += [params[i] for i in sorted(shared)]
+            params = [p for i, p in enumerate(params) if i not in shared]
+            states = [opt.state[p] for p in params]
+        plan = cls(with_grad, params, leftover, states, names=names)
+        plan.force_triton = force_triton
+        plan.seal()
+        return plan
 
 
 def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tuple[str, ...], scalars: dict,

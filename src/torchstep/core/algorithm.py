@@ -65,6 +65,10 @@ class Algorithm:
     advance: Callable[..., Scalars] | None = None
     # True when ``update`` applies ``weight_decay`` itself: the backends then leave it out
     applies_weight_decay: bool = False
+    # True when a missing state entry is simply created at the next step (SGD's momentum
+    # buffer, which torch reads with ``.get``); otherwise a parameter's state is created whole
+    # at its first step, and a loaded non-empty state lacking an entry is a KeyError (as in torch)
+    lazy_state: bool = False
 
     def elementwise_names(self, group: dict) -> tuple[str, ...]:
         """The state tensors ``update`` takes: ``state_names`` less ``scalar_state``."""

@@ -6,7 +6,7 @@ working) and then names the argument, the value it got and what is allowed.
 
 from __future__ import annotations
 
-import math
+import operator
 from typing import Any
 
 import torch
@@ -14,33 +14,114 @@ import torch
 __all__ = [
     "at_least", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
     "no_tensor_hyper_with_foreach", "should_be", "one_of", "whole_number", "dense_real", "pair",
-    "betas_sequence", "callable_or_none", "positive_int_or_none",
+    "betas_sequence", "callable_or_none", "positive_int_or_none", "not_below", "item", "alpha_number",
+    "flag", "holds", "history_length", "fused_param",
 ]
 
 
-def _value(x: Any) -> float:
-    return float(x.item()) if isinstance(x, torch.Tensor) else x
+def holds(test: Any, value: Any, name: str, allowed: str) -> bool:
+    """``test(value)`` evaluated as torch's own ``if not 0.0 <= value`` evaluates it: on the raw
+    value, so NaN fails a comparison, a string or None raises TypeError and a tensor of several
+    elements raises RuntimeError -- the exception types torch's constructors raise. Those two
+    errors are re-raised with the same type and the argument named."""
+    try:
+        return bool(test(value))
+    except TypeError as exc:
+        raise TypeError(f"{exc} ({name} must be {allowed}; got {value!r})") from None
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} ({name} must be {allowed}; got {value!r})") from None
 
 
 def at_least(value: Any, name: str, label: str, low: float = 0.0) -> None:
-    """Require ``value >= low`` (``label`` is torch's wording, e.g. "learning rate")."""
-    if not _value(value) >= low:  # also catches NaN
+    """Require ``low <= value`` (``label`` is torch's wording, e.g. "learning rate"); NaN fails."""
+    if not holds(lambda v: low <= v, value, name, f"a number >= {low}"):
+        raise ValueError(f"Invalid {label}: {value} ({name} must be >= {low})")
+
+
+def not_below(value: Any, name: str, label: str, low: float = 0.0) -> None:
+    """Refuse ``value < low`` only -- torch's SGD test, which lets NaN through (and NaN then
+    propagates into the parameters, as in torch)."""
+    if holds(lambda v: v < low, value, name, f"a number >= {low}"):
         raise ValueError(f"Invalid {label}: {value} ({name} must be >= {low})")
 
 
 def positive(value: Any, name: str, label: str) -> None:
-    """Require ``value > 0``."""
-    if not _value(value) > 0.0:
+    """Require ``value > 0``; NaN fails."""
+    if not holds(lambda v: 0.0 < v, value, name, "a number > 0"):
         raise ValueError(f"Invalid {label}: {value} ({name} must be > 0)")
 
 
 def in_range(value: Any, name: str, label: str, low: float, high: float, *, high_open: bool = False) -> None:
-    """Require ``low <= value <= high`` (``< high`` when ``high_open``)."""
-    v = _value(value)
-    ok = low <= v < high if high_open else low <= v <= high
-    if not ok or (isinstance(v, float) and math.isnan(v)):
-        bracket = ")" if high_open else "]"
+    """Require ``low <= value <= high`` (``< high`` when ``high_open``); NaN fails."""
+    bracket = ")" if high_open else "]"
+    test = (lambda v: low <= v < high) if high_open else (lambda v: low <= v <= high)
+    if not holds(test, value, name, f"a number in [{low}, {high}{bracket}"):
         raise ValueError(f"Invalid {label}: {value} ({name} must be in [{low}, {high}{bracket})")
+
+
+def item(seq: Any, index: int, name: str, shape: str) -> Any:
+    """``seq[index]`` as torch's constructors take it (``betas[0]``, ``etas[1]``): TypeError when
+    ``seq`` cannot be indexed, IndexError when it is too short -- with the argument named."""
+    try:
+        return seq[index]
+    except (TypeError, IndexError) as exc:
+        raise type(exc)(f"{exc} ({name} must be {shape}; got {seq!r})") from None
+
+
+def alpha_number(value: Any, name: str, *, booleans_refused: bool = True) -> None:
+    """A hyperparameter torch's step passes as ``alpha=`` / ``value=`` of a tensor op when it is
+    non-zero (L2 ``weight_decay``, Adagrad's ``lr_decay``): such an op takes a number or a 0-d
+    tensor (TypeError otherwise) and no boolean for float tensors (RuntimeError). torch raises at
+    the first step; this raises the same type at construction. ``booleans_refused=False`` for a
+    value that reaches the op only through arithmetic (a bool there is just 0 or 1)."""
+    if isinstance(value, bool) and booleans_refused:
+        if value:
+            raise RuntimeError(
+                f"Boolean alpha only supported for Boolean results ({name} must be a number, got {value!r})"
+            )
+    elif isinstance(value, torch.Tensor) and value.dim() != 0 and bool(value != 0):
+        raise TypeError(
+            f"alpha must be Number, not Tensor ({name} as a Tensor must be 0-dimensional; got shape "
+            f"{tuple(value.shape)})"
+        )
+
+
+def history_length(value: Any, name: str) -> None:
+    """A number of entries kept in a list (LBFGS's ``history_size``): an integer (TypeError
+    otherwise) of at least 1 -- torch indexes an empty list for 0 or less, an IndexError at the
+    step, which is the type raised here."""
+    allowed, empty = "an integer >= 1", "list index out of range"
+    if holds(lambda v: v == 0, value, name, allowed):  # 0, 0.0, False
+        raise IndexError(f"{empty} ({name} must be {allowed}; got {value!r})")
+    try:
+        n = operator.index(value)
+    except TypeError as exc:  # 0.5, inf, "x", None
+        raise TypeError(f"{exc} ({name} must be {allowed}; got {value!r})") from None
+    if n < 0:
+        raise IndexError(f"{empty} ({name} must be {allowed}; got {value!r})")
+
+
+def fused_param(p: torch.Tensor) -> None:
+    """``fused=True`` takes floating-point tensors on devices torch has fused kernels for; torch
+    refuses anything else (a complex or integer parameter) with RuntimeError at the step."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        devices = _get_fused_kernels_supported_devices()
+    except ImportError:  # pragma: no cover -- older torch
+        devices = ["mps", "cuda", "xpu", "hpu", "cpu", "privateuseone"]
+    if not (p.device.type in devices and torch.is_floating_point(p)):
+        raise RuntimeError(
+            "`fused=True` requires all the params to be floating point Tensors of supported devices: "
+            f"{devices} but {p.dtype} and {p.device.type} (a parameter of shape {tuple(p.shape)}; "
+            "use fused=False, or view complex parameters as real)"
+        )
+
+
+def flag(value: Any, name: str) -> None:
+    """An on/off option (``foreach``, ``fused``): None or anything with a truth value (a tensor of
+    several elements has none: RuntimeError, as torch raises when it tests the option)."""
+    if value is not None:
+        holds(bool, value, name, "True, False or None")
 
 
 def tensor_scalar(value: Any, name: str) -> None:
@@ -52,24 +133,24 @@ def tensor_scalar(value: Any, name: str) -> None:
         )
 
 
-def betas_pair(betas: Any, *, allow_tensors: bool = True) -> None:
-    """``betas`` is a pair, each in [0, 1); both floats or both tensors."""
-    try:
-        b0, b1 = betas
-    except (TypeError, ValueError):
-        raise ValueError(f"Invalid betas: {betas!r} (betas must be a pair (beta1, beta2))") from None
-    tensor_scalar(b0, "betas[0]")
-    tensor_scalar(b1, "betas[1]")
+def betas_pair(betas: Any, *, floats_or_tensors: bool = False) -> None:
+    """``betas[0]`` and ``betas[1]`` each in [0, 1), taken by index as torch takes them (so a
+    non-sequence raises TypeError, a short one IndexError; extra items fail at the step, where
+    the pair is unpacked). ``floats_or_tensors``: Adam's rule that both are floats or both
+    tensors (1-element)."""
+    shape = "a pair (beta1, beta2)"
+    b0 = item(betas, 0, "betas", shape)
     in_range(b0, "betas[0]", "beta parameter at index 0", 0.0, 1.0, high_open=True)
+    b1 = item(betas, 1, "betas", shape)
     in_range(b1, "betas[1]", "beta parameter at index 1", 0.0, 1.0, high_open=True)
-    if allow_tensors:
-        both_tensors = isinstance(b0, torch.Tensor) and isinstance(b1, torch.Tensor)
-        neither = not isinstance(b0, torch.Tensor) and not isinstance(b1, torch.Tensor)
-        if not (both_tensors or neither):
+    if floats_or_tensors:
+        if not (all(isinstance(b, float) for b in (b0, b1)) or all(isinstance(b, torch.Tensor) for b in (b0, b1))):
             raise ValueError(
                 f"betas must be either both floats or both Tensors (got {type(b0).__name__} "
                 f"and {type(b1).__name__})"
             )
+        tensor_scalar(b0, "betas[0]")
+        tensor_scalar(b1, "betas[1]")
 
 
 def exclusive_flags(*, fused: Any, foreach: Any, differentiable: bool) -> None:
@@ -92,9 +173,8 @@ def no_tensor_hyper_with_foreach(value: Any, name: str, *, foreach: Any, captura
 def should_be(value: Any, name: str, label: str, op: str, bound: float) -> None:
     """Require ``value >= bound`` (``op=">="``) or ``value <= bound`` (``op="<="``), with the
     "<label> should be <op> <bound> but is: <value>" wording of torch's newer optimizers."""
-    v = _value(value)
-    ok = v >= bound if op == ">=" else v <= bound  # False for NaN
-    if not ok:
+    test = (lambda v: bound <= v) if op == ">=" else (lambda v: bound >= v)  # False for NaN
+    if not holds(test, value, name, f"a number {op} {bound}"):
         raise ValueError(f"{label} should be {op} {bound} but is: {value} ({name} must be {op} {bound})")
 
 

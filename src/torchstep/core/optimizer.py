@@ -63,8 +63,12 @@ def _with_step_hooks(step: Callable) -> Callable:
                 hook(self, args, kwargs)
             return out
 
-    hooked_step._torchstep_hooked = True  # type: ignore[attr-defined]
-    return hooked_step
+    # torch.compile (of ``opt.step`` or of a training step that calls it) runs the step eagerly:
+    # the fused kernel already is one pass over memory, and tracing the bookkeeping around it
+    # (Python counters, pointer tables) would bake values into graphs and recompile every step.
+    eager_step = torch.compiler.disable(hooked_step)
+    eager_step._torchstep_hooked = True  # type: ignore[attr-defined]
+    return eager_step
 
 
 def _add_hook(hooks: OrderedDict, hook: Callable, prepend: bool) -> RemovableHandle:
@@ -73,6 +77,24 @@ def _add_hook(hooks: OrderedDict, hook: Callable, prepend: bool) -> RemovableHan
     if prepend:
         hooks.move_to_end(handle.id, last=False)
     return handle
+
+
+class _LoadedGroup(dict):
+    """A parameter group as ``load_state_dict`` restored it. torch leaves an option the saved
+    group lacks missing, so the step that reads it raises KeyError; this raises the same
+    KeyError, saying which option of which group is missing and why."""
+
+    __slots__ = ("index",)
+
+    def __missing__(self, key: Any) -> Any:
+        raise KeyError(
+            f"{key!r} (parameter group {getattr(self, 'index', '?')} has no option {key!r}: the "
+            "state_dict it was loaded from lacks it; set optimizer.param_groups[i][key] or load "
+            "a state_dict written by this optimizer class)"
+        )
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # pickles / deep-copies as a plain dict
+        return (dict, (dict(self),))
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -84,6 +106,12 @@ class Optimizer(torch.optim.Optimizer):
     """
 
     algorithm: Algorithm | None = None
+    # The options ``load_state_dict`` (``__setstate__``) fills in when a loaded group lacks them,
+    # with the value it fills in: for a class torch.optim also has, what torch's own
+    # ``__setstate__`` fills (the options added over torch's history); an option outside it stays
+    # missing and the step reading it raises KeyError, as in torch. None: every option that has
+    # a default (the algorithms torch does not have, and custom subclasses).
+    _load_defaults: dict[str, Any] | None = None
 
     @property
     def _step_supports_amp_scaling(self) -> bool:  # GradScaler hands us grad_scale / found_inf
@@ -96,6 +124,10 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         torch._C._log_api_usage_once("torchstep.optimizer")
+        from . import check
+
+        for name in ("foreach", "fused", "capturable"):
+            check.flag(defaults.get(name), name)
         self.defaults = defaults
         for name in _HOOK_DICTS:
             setattr(self, name, OrderedDict())
@@ -202,14 +234,28 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_loaded_state()
+        self._check_fused_params()
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
-        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+        # the option itself, as torch passes it: a value that is not a bool is a TypeError here
+        with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for group in self.param_groups:
+                keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
+                known = None if keeps_state else {p for p in group["params"] if p in self.state}
                 dispatch.step_group(self, self._backend_group(group), grad_scale, plans_of=group)
+                if known is not None:
+                    self._drop_empty_state(group, known)
         return loss
+
+    def _drop_empty_state(self, group: dict, known: set) -> None:
+        """A group whose algorithm keeps no state this step (SGD without momentum) leaves no
+        entries in ``state``, as in torch; the backends look a parameter's state up anyway."""
+        for p in group["params"]:
+            if p not in known and p in self.state and not self.state[p]:
+                del self.state[p]
 
     # Hooks for algorithms whose element-wise part is an ``algorithm`` but whose step needs a
     # little more around it (Adan's global clipping, Schedule-Free's per-group schedule).
@@ -227,6 +273,7 @@ class Optimizer(torch.optim.Optimizer):
         fused backend keys what it caches by the original ``group``, so a fresh dict is fine."""
         return group
 
+    @torch.compiler.disable  # as torch's: a compiled caller does not guard on the gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients: to ``None`` (default), or to zeros when ``set_to_none=False``."""
         with torch.autograd.profiler.record_function(f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"):
@@ -324,14 +371,42 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 state[key] = value
         new_groups = []
-        for g, s in zip(groups, saved_groups):
+        for i, (g, s) in enumerate(zip(groups, saved_groups)):
             s["params"] = g["params"]
             if "param_names" in g and "param_names" not in s:
                 s["param_names"] = g["param_names"]
-            new_groups.append(s)
+            loaded = _LoadedGroup(s)
+            loaded.index = i
+            new_groups.append(loaded)
+        self._check_loaded_shapes(state, new_groups)
         self.__setstate__({"state": state, "param_groups": new_groups})
+        # the first step of each parameter checks its loaded state is complete
+        self._loaded_unchecked = {p for p in state if isinstance(p, torch.Tensor) and state[p]}
+        self._loaded_groups_unchecked = True
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+    def _check_loaded_shapes(self, state: dict, groups: list[dict]) -> None:
+        """Refuse (before anything changes) a state whose element-wise tensors are not shaped
+        like their parameters -- a checkpoint of another model, or groups in another order."""
+        if self.algorithm is None:
+            return
+        index = 0
+        for group in groups:
+            try:
+                names = self.algorithm.elementwise_names(group)
+            except KeyError:  # an option missing from the saved group: the step names it
+                names = ()
+            for p in group["params"]:
+                for n in names:
+                    value = state.get(p, {}).get(n)
+                    if isinstance(value, torch.Tensor) and value.shape != p.shape:
+                        raise ValueError(
+                            f"loaded state '{n}' of parameter {index} has shape {tuple(value.shape)}, but the "
+                            f"parameter has shape {tuple(p.shape)}; was the checkpoint written for another model, "
+                            "or with the parameter groups in another order?"
+                        )
+                index += 1
 
     def __getstate__(self) -> dict[str, Any]:
         return {"defaults": self.defaults, "state": self.state, "param_groups": self.param_groups}
@@ -341,10 +416,16 @@ class Optimizer(torch.optim.Optimizer):
         for name in _HOOK_DICTS:
             if name not in self.__dict__:
                 setattr(self, name, OrderedDict())
+        if self._load_defaults is None:
+            fill = {k: v for k, v in self.defaults.items() if v is not required}
+        else:
+            fill = self._load_defaults
+        # as torch's base class: `differentiable` is an option every optimizer has, so a later
+        # add_param_group copies it into the new group too (loaded groups are left as they are)
+        self.defaults.setdefault("differentiable", False)
         for group in self.param_groups:
-            for key, default in self.defaults.items():
-                if default is not required:
-                    group.setdefault(key, default)
+            for key, default in fill.items():
+                group.setdefault(key, default)
         self._upgrade_loaded_state()
 
     def _upgrade_loaded_state(self) -> None:
@@ -353,11 +434,57 @@ class Optimizer(torch.optim.Optimizer):
             return
         from ..backends.reference import new_step_tensor
 
-        for group in self.param_groups:
-            for p in group["params"]:
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
                 st = self.state.get(p)
-                if st and "step" in st and not torch.is_tensor(st["step"]):
+                if not st:
+                    continue
+                # torch reads these of every non-empty state when it loads (to upgrade old
+                # checkpoints): a state without them is a KeyError there, and so here
+                for key in ("step", *self.algorithm.scalar_state):
+                    if key not in st:
+                        raise _missing_state(key, i, j, st)
+                if not torch.is_tensor(st["step"]):
                     st["step"] = new_step_tensor(p, group, float(st["step"]))
+
+    def _check_fused_params(self) -> None:
+        """``fused=True``: a parameter's first step with a gradient checks it is a floating-point
+        tensor on a device with fused kernels (RuntimeError otherwise, as torch raises at the step)."""
+        from . import check
+
+        checked = self.__dict__.setdefault("_fused_checked", set())
+        for group in self.param_groups:
+            if group.get("fused"):
+                for p in group["params"]:
+                    if p.grad is not None and p not in checked:
+                        check.fused_param(p)
+                        checked.add(p)
+
+    def _check_loaded_state(self) -> None:
+        """First step of a parameter after ``load_state_dict``: a state that is not empty must
+        hold every entry the algorithm keeps (torch raises KeyError at the step otherwise; an
+        empty one starts afresh). Algorithms with ``lazy_state`` create what is missing."""
+        if self.__dict__.pop("_loaded_groups_unchecked", False):
+            for group in self.param_groups:
+                for key in _WRAPPER_OPTIONS:
+                    if key in self.defaults and isinstance(group, _LoadedGroup):
+                        group[key]  # noqa: B018 -- KeyError (from __missing__) when the load lacked it
+        unchecked = self.__dict__.get("_loaded_unchecked")
+        if not unchecked:
+            return
+        algo = self.algorithm
+        for i, group in enumerate(self.param_groups):
+            for j, p in enumerate(group["params"]):
+                if p.grad is None or p not in unchecked:
+                    continue
+                st = self.state.get(p)
+                if st and algo is not None and not algo.lazy_state:
+                    names = (("step",) if algo.counts_steps else ()) + tuple(algo.state_names(group))
+                    for key in names:
+                        if key not in st:
+                            raise _missing_state(key, i, j, st)
+        for group in self.param_groups:
+            unchecked.difference_update(p for p in group["params"] if p.grad is not None)
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -393,6 +520,19 @@ class Optimizer(torch.optim.Optimizer):
                 lines.append(f"    {key}: {group[key]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+# options the cross-cutting wrappers read with a fallback (``group.get``), for the algorithms that
+# have no such option; for one that has it, torch's step reads it, so a loaded group must hold it
+_WRAPPER_OPTIONS = ("weight_decay", "maximize", "decoupled_weight_decay")
+
+
+def _missing_state(key: str, group: int, index: int, state: dict) -> KeyError:
+    return KeyError(
+        f"{key!r} (the loaded state of parameter {index} of group {group} has no {key!r}; it "
+        f"holds {sorted(map(str, state))} -- a state_dict of another optimizer class, or an "
+        "incomplete one)"
+    )
 
 
 Optimizer.step = _with_step_hooks(Optimizer.step)  # type: ignore[method-assign]

@@ -23,6 +23,35 @@ def plain(x: Any) -> Any:
     return x
 
 
+def _requires_grad(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.requires_grad
+
+
+# ``t.add_(x, alpha=a)`` and its kin read a tensor ``a`` as a plain number (and refuse one that
+# requires grad). With ``differentiable=True`` a hyperparameter given as a tensor that requires
+# grad (``lr``, ``betas``, ``weight_decay``, for meta-learning) must stay in the graph: these
+# helpers then multiply it in as a tensor operand. Otherwise they are the single fused op.
+
+def add_(t: torch.Tensor, x: torch.Tensor, *, alpha: Any = 1) -> torch.Tensor:
+    """``t += alpha * x`` in place."""
+    return t.add_(x * alpha) if _requires_grad(alpha) else t.add_(x, alpha=alpha)
+
+
+def add(t: torch.Tensor, x: torch.Tensor, *, alpha: Any = 1) -> torch.Tensor:
+    """``t + alpha * x``."""
+    return t + x * alpha if _requires_grad(alpha) else t.add(x, alpha=alpha)
+
+
+def addcmul_(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, value: Any = 1) -> torch.Tensor:
+    """``t += value * a * b`` in place."""
+    return t.add_(a * b * value) if _requires_grad(value) else t.addcmul_(a, b, value=value)
+
+
+def addcdiv_(t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, value: Any = 1) -> torch.Tensor:
+    """``t += value * a / b`` in place."""
+    return t.add_(a / b * value) if _requires_grad(value) else t.addcdiv_(a, b, value=value)
+
+
 def prepare_grad(p: torch.Tensor, g: torch.Tensor, group: dict, *, sparse_weight_decay: bool = True,
                  weight_decay: bool = True) -> torch.Tensor:
     """Apply ``maximize`` and weight decay; returns the gradient ``update`` should see.
@@ -38,6 +67,8 @@ def prepare_grad(p: torch.Tensor, g: torch.Tensor, group: dict, *, sparse_weight
             p.mul_(1 - plain(group["lr"]) * wd)
         elif g.is_sparse and not sparse_weight_decay:
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+        elif _requires_grad(wd):
+            g = g + p.clone() * wd  # p is about to change in place; its old value is saved
         elif isinstance(wd, torch.Tensor):
             g = g + p * wd
         else:

@@ -10,6 +10,7 @@ from torchstep.schedules.adapters import (ChainedScheduler, ConstantLR, CosineAn
                                           LinearLR, LRScheduler, MultiplicativeLR, MultiStepLR, OneCycleLR,
                                           PolynomialLR, ReduceLROnPlateau, ScheduledLR, SequentialLR, StepLR,
                                           _LRScheduler)
+from torchstep.schedules.adapters.base import EPOCH_DEPRECATION_WARNING  # noqa: F401 (torch has it here too)
 
 __all__ = [
     "LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR",

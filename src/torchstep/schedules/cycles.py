@@ -9,15 +9,43 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from .schedule import Schedule, _as_tuple
 from .shapes import Cosine, Linear
 
-__all__ = ["Cyclic", "OneCycle", "WarmRestarts", "restart_position", "CYCLIC_MODES", "ANNEAL_SHAPES"]
+__all__ = ["Cyclic", "OneCycle", "WarmRestarts", "restart_position", "CYCLIC_MODES", "ANNEAL_SHAPES",
+           "mode_scale_fn"]
 
 CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 ANNEAL_SHAPES = {"cos": Cosine, "linear": Linear}
+
+
+def triangular_scale(x: float) -> float:
+    """"triangular": no amplitude scaling."""
+    return 1.0
+
+
+def triangular2_scale(x: float) -> float:
+    """"triangular2": the amplitude halves every cycle, ``1 / 2 ** (cycle - 1)``."""
+    return 1 / (2.0 ** (x - 1))
+
+
+def exp_range_scale(gamma: float, x: float) -> float:
+    """"exp_range": ``gamma ** iteration``."""
+    return gamma**x
+
+
+def mode_scale_fn(mode: str, gamma: float) -> Callable[[float], float]:
+    """The amplitude scaling of a built-in CyclicLR mode, as a function of one argument."""
+    if mode == "triangular":
+        return triangular_scale
+    if mode == "triangular2":
+        return triangular2_scale
+    if mode == "exp_range":
+        return partial(exp_range_scale, gamma)
+    raise ValueError(f"mode is invalid and scale_fn is None (mode={mode!r}; allowed: {CYCLIC_MODES})")
 
 
 @dataclass(frozen=True)
@@ -60,13 +88,7 @@ class Cyclic(Schedule):
         """The amplitude factor at ``x`` (a cycle number or a step, see :meth:`scale_argument`)."""
         if self.scale_fn is not None:
             return self.scale_fn(x)
-        if self.mode == "triangular":
-            return 1.0
-        if self.mode == "triangular2":
-            return 1 / (2.0 ** (x - 1))
-        if self.mode == "exp_range":
-            return self.gamma**x
-        raise ValueError(f"mode is invalid and scale_fn is None (mode={self.mode!r}; allowed: {CYCLIC_MODES})")
+        return mode_scale_fn(self.mode, self.gamma)(x)
 
     def scale_argument(self) -> str:
         """What :meth:`scale` is a function of: "cycle" or "iterations" (fixed by the built-in modes)."""
@@ -89,18 +111,19 @@ class OneCycle(Schedule):
     ``phases`` are ``(end_step, start, end)``; phase ``k`` covers ``e_{k-1} < t <= e_k``
     (``e_{-1} = 0``; the last phase also takes every later step) and anneals over it::
 
-        v(t) = anneal(start_k, end_k, e_k - e_{k-1})(t - e_{k-1})
+        v(t) = anneal(start_k, end_k, 1)(pct),    pct = (t - e_{k-1}) / (e_k - e_{k-1})
 
     with ``anneal`` the :class:`~.shapes.Cosine` ("cos") or :class:`~.shapes.Linear` ("linear")
-    shape.
+    shape -- or a function ``anneal(start, end, pct)`` of the fraction ``pct`` of the phase done
+    (what checkpoints of older torch versions carry as ``anneal_func``).
     """
 
     phases: tuple[tuple[float, Any, Any], ...]
-    anneal: str = "cos"
+    anneal: str | Callable[[Any, Any, float], Any] = "cos"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(tuple(p) for p in _as_tuple(self.phases)))
-        if self.anneal not in ANNEAL_SHAPES:
+        if not callable(self.anneal) and self.anneal not in ANNEAL_SHAPES:
             raise ValueError(
                 f"anneal_strategy must be one of 'cos' or 'linear', instead got {self.anneal}"
             )
@@ -110,7 +133,10 @@ class OneCycle(Schedule):
         last = len(self.phases) - 1
         for k, (end_step, start, end) in enumerate(self.phases):
             if step <= end_step or k == last:
-                return ANNEAL_SHAPES[self.anneal](start, end, end_step - begin)(step - begin)
+                pct = (step - begin) / (end_step - begin)  # torch's order of operations, to the bit
+                if callable(self.anneal):
+                    return self.anneal(start, end, pct)
+                return ANNEAL_SHAPES[self.anneal](start, end, 1.0)(pct)
             begin = end_step
         raise ValueError("OneCycle needs at least one phase")
 

@@ -41,6 +41,21 @@ class Schedule:
         """``max(self(t), minimum)``."""
         return Floor(self, minimum)
 
+    def ratio(self, step: float) -> Any:
+        """The factor one step applies, ``v(t) / v(t - 1)``; the integer ``1`` where nothing changes.
+
+        torch's chainable schedulers move the current lr by this factor each step, so a shape
+        whose quotient simplifies (``gamma`` for an exponential) states the simplified form: the
+        recursion then multiplies by exactly the number torch multiplies by. Where ``v(t - 1) = 0``
+        the division raises ZeroDivisionError, as torch's does, unless the shape knows the step
+        another way: then it returns ``None`` and :meth:`difference` gives the step.
+        """
+        return self(step) / self(step - 1)
+
+    def difference(self, step: float) -> Any:
+        """The change one step makes, ``v(t) - v(t - 1)`` (used where :meth:`ratio` is ``None``)."""
+        return self(step) - self(step - 1)
+
 
 def _as_tuple(xs: Sequence[Any]) -> tuple:
     return tuple(xs)
@@ -72,10 +87,29 @@ class Join(Schedule):
         if list(self.boundaries) != sorted(self.boundaries):
             raise ValueError(f"Join boundaries must be non-decreasing (boundaries={list(self.boundaries)})")
 
+    def _index(self, step: float) -> int:
+        return bisect.bisect_right(self.boundaries, step)
+
+    def _offset(self, k: int) -> float:
+        return self.boundaries[k - 1] if k > 0 else 0
+
     def __call__(self, step: float) -> Any:
-        k = bisect.bisect_right(self.boundaries, step)
-        offset = self.boundaries[k - 1] if k > 0 else 0
-        return self.pieces[k](step - offset)
+        k = self._index(step)
+        return self.pieces[k](step - self._offset(k))
+
+    def ratio(self, step: float) -> Any:
+        """Inside a piece, that piece's own ratio; on a boundary, the quotient of the values.
+
+        Stepping switches pieces on the step that equals a boundary, as torch's recursion does
+        (ConstantLR's ``last_epoch == total_iters``): a fractional boundary is stepped over with
+        ratio 1, though the closed form switches at ``ceil(boundary)``.
+        """
+        k = self._index(step)
+        if self._index(step - 1) == k:
+            return self.pieces[k].ratio(step - self._offset(k))
+        if step in self.boundaries:
+            return super().ratio(step)
+        return 1
 
 
 @dataclass(frozen=True)

@@ -40,23 +40,35 @@ class Constant(Schedule):
     def __call__(self, step: float) -> Any:
         return self.value
 
+    def ratio(self, step: float) -> Any:
+        return 1
+
 
 @dataclass(frozen=True)
 class Linear(Schedule):
     """A straight line from ``start`` (t = 0) to ``end`` (t = steps):
 
-        v(t) = start + (end - start) * t / steps
+        v(t) = start + (end - start) * t / steps                 (hold=False)
+        v(t) = start + (end - start) * min(t, steps) / steps     (hold=True: ``end`` is kept)
 
-    Not clamped: past ``steps`` the line continues (torch's OneCycleLR relies on this on its last
-    step); join a ``Constant(end)`` to hold ``end``.
+    Unheld, past ``steps`` the line continues (torch's OneCycleLR relies on this on its last step).
+    One step multiplies the value by ``1 + (end - start) / (steps * start + (t - 1) * (end - start))``.
     """
 
     start: float
     end: float
     steps: float
+    hold: bool = False
 
     def __call__(self, step: float) -> Any:
-        return self.start + (self.end - self.start) * step / self.steps
+        t = min(step, self.steps) if self.hold else step
+        return self.start + (self.end - self.start) * t / self.steps
+
+    def ratio(self, step: float) -> Any:
+        if self.hold and step > self.steps:
+            return 1
+        rise = self.end - self.start
+        return 1.0 + rise / (self.steps * self.start + (step - 1) * rise)
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,24 @@ class Cosine(Schedule):
     def __call__(self, step: float) -> Any:
         return self.end + (self.start - self.end) * (1 + math.cos(math.pi * step / self.steps)) / 2
 
+    def at_trough(self, step: float) -> bool:
+        """True at the bottom of a wave, ``t = steps, 3 * steps, ...`` (where ``v = end``)."""
+        return (step - self.steps) % (2 * self.steps) == 0
+
+    def ratio(self, step: float) -> Any:
+        """``(1 + cos(pi t / steps)) / (1 + cos(pi (t - 1) / steps))`` (for ``end = 0``); ``None``
+        one step after a trough."""
+        if self.at_trough(step - 1):
+            return None
+        if self.end != 0:
+            return super().ratio(step)
+        return (1 + math.cos(math.pi * step / self.steps)) / (1 + math.cos(math.pi * (step - 1) / self.steps))
+
+    def difference(self, step: float) -> Any:
+        if self.at_trough(step - 1):  # the first step up out of a trough
+            return (self.start - self.end) * (1 - math.cos(math.pi / self.steps)) / 2
+        return super().difference(step)
+
 
 @dataclass(frozen=True)
 class Exponential(Schedule):
@@ -86,6 +116,9 @@ class Exponential(Schedule):
 
     def __call__(self, step: float) -> Any:
         return self.start * self.gamma**step
+
+    def ratio(self, step: float) -> Any:
+        return self.gamma
 
 
 @dataclass(frozen=True)
@@ -101,6 +134,11 @@ class StepDecay(Schedule):
 
     def __call__(self, step: float) -> Any:
         return self.start * self.gamma ** (step // self.step_size)
+
+    def ratio(self, step: float) -> Any:
+        """``gamma`` at every multiple of ``step_size``, else 1 -- the step torch's StepLR takes,
+        also for a negative ``step_size`` (where torch's closed form and recursion part ways)."""
+        return self.gamma if step % self.step_size == 0 else 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +158,11 @@ class MultiStepDecay(Schedule):
     def __call__(self, step: float) -> Any:
         return self.start * self.gamma ** bisect.bisect_right(self.milestones, step)
 
+    def ratio(self, step: float) -> Any:
+        """``gamma ** k`` at a milestone listed ``k`` times, else 1."""
+        hits = bisect.bisect_right(self.milestones, step) - bisect.bisect_left(self.milestones, step)
+        return self.gamma**hits if hits else 1
+
 
 @dataclass(frozen=True)
 class Polynomial(Schedule):
@@ -135,6 +178,14 @@ class Polynomial(Schedule):
 
     def __call__(self, step: float) -> Any:
         return self.end + (self.start - self.end) * (1.0 - min(self.steps, step) / self.steps) ** self.power
+
+    def ratio(self, step: float) -> Any:
+        """``((1 - t / steps) / (1 - (t - 1) / steps)) ** power`` up to ``steps`` (for ``end = 0``), then 1."""
+        if step > self.steps:
+            return 1
+        if self.end != 0:
+            return super().ratio(step)
+        return ((1.0 - step / self.steps) / (1.0 - (step - 1) / self.steps)) ** self.power
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,11 @@ Hugging Face) but overrides every method; none of torch's code runs.
 Step-order warning: torch wraps ``optimizer.step`` to notice a ``scheduler.step()`` made before
 any ``optimizer.step()``. We register a step post-hook instead (``register_step_post_hook``, which
 torch.optim and torchstep optimizers have) and give the same warning; an optimizer-like object
-without hooks is not checked unless it sets ``_opt_called`` itself.
+without hooks is not checked unless it sets ``_opt_called`` itself. Like torch, the first
+``scheduler.step()`` also warns when ``optimizer.step`` was replaced on the instance after the
+scheduler was built (we compare the instance's ``step`` attribute with the one seen then).
+
+The warning texts are torch's, word for word: users' warning filters and tests match them.
 """
 
 from __future__ import annotations
@@ -26,15 +30,28 @@ from torch.optim import lr_scheduler as _torch_lr
 
 __all__ = ["LRScheduler", "read_group_values", "write_group_value", "check_optimizer", "format_param"]
 
-# The first sentence of each warning is torch's, so warning filters written for torch still match.
+# torch's texts, identical on purpose (a warning text is part of the interface).
 EPOCH_DEPRECATION_WARNING = (
-    "The epoch parameter in `scheduler.step()` was not necessary and is being deprecated where "
-    "possible. Call `scheduler.step()` without it; with an epoch, schedulers that have a closed form "
-    "jump straight to that step."
+    "The epoch parameter in `scheduler.step()` was not necessary and is being "
+    "deprecated where possible. Please use `scheduler.step()` to step the "
+    "scheduler. During the deprecation, if epoch is different from None, the "
+    "closed form is used instead of the new chainable form, where available. "
+    "Please open an issue if you are unable to replicate your use case: "
+    "https://github.com/pytorch/pytorch/issues/new/choose."
 )
 STEP_ORDER_WARNING = (
-    "Detected call of `lr_scheduler.step()` before `optimizer.step()`. Call `optimizer.step()` "
-    "first: stepping the scheduler before any optimizer step skips the schedule's first value."
+    "Detected call of `lr_scheduler.step()` before `optimizer.step()`. "
+    "In PyTorch 1.1.0 and later, you should call them in the opposite order: "
+    "`optimizer.step()` before `lr_scheduler.step()`.  Failure to do this "
+    "will result in PyTorch skipping the first value of the learning rate schedule. "
+    "See more details at "
+    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate"
+)
+STEP_OVERRIDDEN_WARNING = (
+    "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
+    "initialization. Please, make sure to call `optimizer.step()` before "
+    "`lr_scheduler.step()`. See more details at "
+    "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate"
 )
 GET_LR_WARNING = "To get the last learning rate computed by the scheduler, please use `get_last_lr()`."
 
@@ -83,8 +100,30 @@ def _mark_step_called(optimizer: Any, args: Any, kwargs: Any) -> None:
     optimizer._opt_called = True
 
 
+def _instance_step(optimizer: Any) -> Any:
+    """``optimizer.step`` when it is set on the instance (an override), else None."""
+    return getattr(optimizer, "__dict__", {}).get("step")
+
+
+def _step_overridden(optimizer: Any) -> bool:
+    """True when ``optimizer.step`` was replaced after the last scheduler on it was built.
+
+    A step wrapped by torch's own schedulers (``_wrapped_by_lr_sched``) is not an override.
+    """
+    if not hasattr(optimizer, "_torchstep_step_seen"):
+        return False
+    current = _instance_step(optimizer)
+    if current is optimizer._torchstep_step_seen:
+        return False
+    return not hasattr(getattr(optimizer, "step", None), "_wrapped_by_lr_sched")
+
+
 def _track_steps(optimizer: Any) -> bool:
     """Make ``optimizer._opt_called`` become True on its first step; False if we cannot observe it."""
+    try:
+        optimizer._torchstep_step_seen = _instance_step(optimizer)
+    except AttributeError:  # an optimizer-like object that takes no new attributes
+        pass
     if getattr(optimizer, "_torchstep_tracks_steps", False):
         return True
     register = getattr(optimizer, "register_step_post_hook", None)
@@ -159,6 +198,9 @@ class LRScheduler(_torch_lr.LRScheduler):
         if self._step_count != 1:
             return
         opt = self.optimizer
+        if _step_overridden(opt):
+            warnings.warn(STEP_OVERRIDDEN_WARNING, UserWarning, stacklevel=3)
+            return
         observable = getattr(opt, "_torchstep_tracks_steps", False) or hasattr(opt, "_opt_called") or hasattr(
             getattr(opt, "step", None), "_wrapped_by_lr_sched"
         )

@@ -11,9 +11,9 @@ import math
 import types
 from typing import Any, Callable
 
-from ..cycles import CYCLIC_MODES, Cyclic, OneCycle, WarmRestarts, restart_position
+from ..cycles import CYCLIC_MODES, Cyclic, OneCycle, WarmRestarts, mode_scale_fn, restart_position
 from ..schedule import Schedule
-from ..shapes import Cosine
+from ..shapes import Cosine, Linear
 from .base import LRScheduler, check_optimizer, format_param, write_group_value
 
 __all__ = ["CyclicLR", "OneCycleLR", "CosineAnnealingWarmRestarts"]
@@ -86,8 +86,10 @@ class CyclicLR(LRScheduler):
         self.base_lrs = base_lrs
 
     def _init_scale_fn(self) -> None:
-        """The built-in modes fix what the scale is a function of (recorded in ``scale_mode``)."""
+        """A built-in mode sets ``_scale_fn_ref`` (its scale function, as torch names it; never
+        saved) and what the scale is a function of (``scale_mode``)."""
         if self._scale_fn_custom is None:
+            self._scale_fn_ref = mode_scale_fn(self.mode, self.gamma)
             self.scale_mode = self._shape(0.0, 1.0).scale_argument()
 
     def _shape(self, low: Any, high: Any) -> Cyclic:
@@ -113,8 +115,10 @@ class CyclicLR(LRScheduler):
         return lrs
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's layout: a custom ``scale_fn`` is kept only if it is a callable object (its ``__dict__``)."""
+        """torch's layout: no ``_scale_fn_ref``; a custom ``scale_fn`` is kept only if it is a
+        callable object (its ``__dict__``), so the state pickles."""
         state = super().state_dict()
+        state.pop("_scale_fn_ref", None)
         fn = state.pop("_scale_fn_custom")
         state["_scale_fn_custom"] = None if fn is None or isinstance(fn, types.FunctionType) else fn.__dict__.copy()
         return state
@@ -194,9 +198,29 @@ class OneCycleLR(LRScheduler):
         return [phase(up, ("initial_lr", "max_lr"), ("max_momentum", "base_momentum")),
                 phase(last, ("max_lr", "min_lr"), ("base_momentum", "max_momentum"))]
 
+    @staticmethod
+    def _annealing_cos(start: Any, end: Any, pct: float) -> Any:
+        """Cosine from ``start`` to ``end`` as ``pct`` goes from 0 to 1 (the ``Cosine`` shape)."""
+        return Cosine(start, end, 1.0)(pct)
+
+    @staticmethod
+    def _annealing_linear(start: Any, end: Any, pct: float) -> Any:
+        """Straight line from ``start`` to ``end`` as ``pct`` goes from 0 to 1 (the ``Linear`` shape)."""
+        return Linear(start, end, 1.0)(pct)
+
+    def _anneal(self) -> Any:
+        """``anneal_strategy``, or the ``anneal_func`` a checkpoint of an older torch restored."""
+        if hasattr(self, "_anneal_func_type"):
+            return self._anneal_func_type
+        return self.anneal_func
+
+    def _anneal_func(self, start: Any, end: Any, pct: float) -> Any:
+        """The annealing of one phase at fraction ``pct`` (torch's private helper, kept)."""
+        return OneCycle(((1.0, start, end),), self._anneal())(pct)
+
     def _shape(self, group: dict, start_key: str, end_key: str) -> OneCycle:
         phases = [(p["end_step"], group[p[start_key]], group[p[end_key]]) for p in self._schedule_phases]
-        return OneCycle(phases, self._anneal_func_type)
+        return OneCycle(phases, self._anneal())
 
     def schedule(self, group: int = 0) -> Schedule:
         """Group ``group``'s lr as a schedule (read from the group's initial/max/min_lr)."""

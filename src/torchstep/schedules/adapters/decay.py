@@ -2,27 +2,30 @@
 
 Chaining. torch's schedulers move each group's *current* lr instead of recomputing it from
 ``base_lr``, so several schedulers on one optimizer compose. Here every chainable scheduler is a
-factor schedule ``u(t)`` (``u`` = 1 before the schedule starts) and an anchor ``a`` (0, or ``eta_min``
-for CosineAnnealingLR); its closed form is ``lr(t) = a + (base_lr - a) * u(t)`` and a step moves the
-current lr by the same relation::
+factor schedule ``u(t)`` (a shape of :mod:`..shapes`) and an anchor ``a`` (0, or ``eta_min`` for
+CosineAnnealingLR). Its closed form -- ``step(epoch)``, ``SequentialLR``'s milestones,
+:meth:`schedule` -- is ``lr(t) = a + (base_lr - a) * u(t)``; a step moves the current lr by the
+shape's one-step factor :meth:`~..schedule.Schedule.ratio`::
 
-    lr <- a + (lr - a) * u(t) / u(t-1)                 (u(-1) = 1)
-    lr <- lr + (base_lr - a) * (u(t) - u(t-1))         where u(t-1) = 0
+    lr <- a + (lr - a) * u.ratio(t)                         ratio = u(t) / u(t-1)
+    lr <- lr + (base_lr - a) * u.difference(t)              where u(t-1) = 0 (ratio is None)
 
-(the second line covers the bottom of the cosine wave and the end of a polynomial decay). Alone,
-this is the closed form. Chained, it is torch's recursive form -- which is *not* the product of
-the closed forms when a CosineAnnealingLR with ``eta_min != 0`` is chained with another scheduler
-(its update is affine around ``eta_min``); torch's values are the ones reproduced.
+(the second line covers the step out of the cosine's trough). Alone, this is the closed form;
+chained, it is torch's recursive form, which is *not* the product of the closed forms when a
+CosineAnnealingLR with ``eta_min != 0`` is chained (its update is affine around ``eta_min``).
+Where torch's arguments are degenerate (``StepLR(step_size=-1)``, ``ConstantLR(total_iters=0)``,
+negative milestones) torch's recursion and its closed form disagree; each is reproduced where
+torch uses it, because the shapes state their one-step factor the way torch's recursion does.
 
-Two more of torch's rules are kept, because they decide what a step does when a scheduler is not
-used the usual way (resumed with ``last_epoch=k >= 0``, or stepped from ``last_epoch=-1`` by a
-``ChainedScheduler`` nested in a ``SequentialLR``):
+Two more of torch's rules decide what a step does when a scheduler is not used the usual way
+(resumed with ``last_epoch=k >= 0``, or stepped from ``last_epoch=-1`` by a ``ChainedScheduler``
+nested in a ``SequentialLR``):
 
 * the construction step: Linear/Exponential/Polynomial/CosineAnnealingLR keep the group's lr
   there (except LinearLR's step 0); StepLR, MultiStepLR and ConstantLR apply their transition;
-* step 0: StepLR, MultiStepLR, ConstantLR and LinearLR scale the lr the schedule started from
-  (``u(-1) = 1``); Exponential/Polynomial/CosineAnnealingLR outside the construction step apply
-  their formula's ratio ``u(0) / u(-1)`` (e.g. one factor ``gamma``).
+* step 0 (:meth:`_ChainableLR.step_zero_factor`): StepLR keeps the lr, ConstantLR applies
+  ``factor`` and LinearLR ``start_factor`` whatever their ``total_iters``; the others apply their
+  shape's ratio (e.g. one factor ``gamma``).
 """
 
 from __future__ import annotations
@@ -40,20 +43,23 @@ __all__ = ["LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ConstantLR"
            "ExponentialLR", "PolynomialLR", "CosineAnnealingLR"]
 
 
-def _chain(lr: Any, base_lr: Any, anchor: float, before: float, now: float) -> Any:
-    """One chained step of a factor schedule (see the module docstring)."""
-    if now == before:
-        return lr.clone() if hasattr(lr, "clone") else lr
-    if before == 0:
-        return lr + (base_lr - anchor) * (now - before)
-    return anchor + (lr - anchor) * (now / before)
+def _scale(lr: Any, anchor: float, ratio: Any) -> Any:
+    """``anchor + (lr - anchor) * ratio`` in torch's operation order.
+
+    A shape's "no change" is the integer 1, which keeps ``lr``'s value and type (an int lr stays
+    an int, as where torch returns the group's lr untouched); a float factor of 1.0 makes it a
+    float, as torch's multiplication does.
+    """
+    if anchor == 0:
+        return lr * ratio
+    return ratio * (lr - anchor) + anchor
 
 
 class _ChainableLR(LRScheduler):
     """A scheduler given by a factor schedule :meth:`factor` and an anchor (see the module docstring)."""
 
     _keeps_lr_when_constructed = True
-    _step_zero_from_base = False
+    _closed_form_on_first_step = False
 
     def factor_schedule(self) -> Schedule:
         """The factor schedule ``u(t)`` (``u(0)`` is the first factor; before step 0 it is 1)."""
@@ -61,27 +67,37 @@ class _ChainableLR(LRScheduler):
 
     def anchor(self) -> float:
         """The value the factor scales towards: ``lr(t) = anchor + (base_lr - anchor) * u(t)``."""
-        return 0.0
+        return 0
 
     def schedule(self, group: int = 0) -> Schedule:
         """The closed form of group ``group``'s lr: ``Scaled(u, base_lr, anchor)``."""
         return Scaled(self.factor_schedule(), self.base_lrs[group], self.anchor())
 
+    def step_zero_factor(self) -> Any:
+        """The factor torch applies at step 0 whatever the shape says there, or ``None``."""
+        return None
+
     def get_lr(self) -> list[Any]:
         self._warn_if_not_stepping()
-        t = self.last_epoch
-        u, a = self.factor_schedule(), self.anchor()
-        if t == 0 and self._step_zero_from_base:
-            before = 1.0
-        elif self._is_initial and self._keeps_lr_when_constructed:
-            return read_group_values(self.optimizer, "lr")
-        else:
-            before = u(t - 1)
-        now = u(t)
-        return [_chain(g["lr"], base, a, before, now) for g, base in zip(self.optimizer.param_groups, self.base_lrs)]
+        t, a = self.last_epoch, self.anchor()
+        groups = self.optimizer.param_groups
+        ratio = self.step_zero_factor() if t == 0 else None
+        if ratio is None:
+            if self._is_initial and self._keeps_lr_when_constructed:
+                return read_group_values(self.optimizer, "lr")
+            if self._closed_form_on_first_step and self._step_count == 1 and t > 0:
+                return self._get_closed_form_lr()
+            u = self.factor_schedule()
+            ratio = u.ratio(t)
+            if ratio is None:
+                rise = u.difference(t)
+                return [g["lr"] + (base - a) * rise for g, base in zip(groups, self.base_lrs)]
+        return [_scale(g["lr"], a, ratio) for g in groups]
 
     def _get_closed_form_lr(self) -> list[Any]:
         u, a, t = self.factor_schedule(), self.anchor(), self.last_epoch
+        if a == 0:
+            return [base * u(t) for base in self.base_lrs]
         return [a + (base - a) * u(t) for base in self.base_lrs]
 
 
@@ -89,7 +105,6 @@ class StepLR(_ChainableLR):
     """Multiply the lr by ``gamma`` every ``step_size`` steps: ``lr(t) = base_lr * gamma ** (t // step_size)``."""
 
     _keeps_lr_when_constructed = False
-    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.step_size = step_size
@@ -97,14 +112,16 @@ class StepLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return StepDecay(self.step_size, self.gamma)
+        return StepDecay(self.step_size, self.gamma, 1)
+
+    def step_zero_factor(self) -> Any:
+        return 1
 
 
 class MultiStepLR(_ChainableLR):
     """Multiply the lr by ``gamma`` at each milestone: ``lr(t) = base_lr * gamma ** #{m <= t}``."""
 
     _keeps_lr_when_constructed = False
-    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, milestones: Iterable[int], gamma: float = 0.1, last_epoch: int = -1) -> None:
         self.milestones = Counter(milestones)
@@ -112,18 +129,18 @@ class MultiStepLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return MultiStepDecay(tuple(self.milestones.elements()), self.gamma)
+        return MultiStepDecay(tuple(self.milestones.elements()), self.gamma, 1)
 
 
 class ConstantLR(_ChainableLR):
     """``lr(t) = base_lr * factor`` for ``t < total_iters``, then ``base_lr``.
 
-    With ``factor=0`` the lr comes back to ``base_lr`` at ``total_iters`` (torch 2.13 raises
-    ZeroDivisionError there, dividing by the factor).
+    Stepping multiplies by ``factor`` at step 0 and by ``1 / factor`` at ``total_iters``, as torch
+    does: with ``factor=0`` that step raises ZeroDivisionError, and with ``total_iters <= 0`` the
+    factor is never taken back (the closed form gives ``base_lr`` there).
     """
 
     _keeps_lr_when_constructed = False
-    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
         if factor > 1.0 or factor < 0:
@@ -136,15 +153,15 @@ class ConstantLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        if self.total_iters == 0:  # torch applies the factor at step 0 and never restores the lr
-            return Constant(self.factor)
-        return Join((Constant(self.factor), Constant(1.0)), (self.total_iters,))
+        # after total_iters: 1, of the type torch's closed form gives it (factor + (1 - factor))
+        return Join((Constant(self.factor), Constant(self.factor + (1 - self.factor))), (self.total_iters,))
+
+    def step_zero_factor(self) -> Any:
+        return self.factor
 
 
 class LinearLR(_ChainableLR):
     """``lr(t) = base_lr * (s + (e - s) * min(t, total_iters) / total_iters)`` (s, e = start/end factor)."""
-
-    _step_zero_from_base = True
 
     def __init__(self, optimizer: Any, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
@@ -164,10 +181,10 @@ class LinearLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        if self.total_iters == 0:  # torch applies start_factor at step 0 and then holds the lr
-            return Constant(self.start_factor)
-        line = Linear(self.start_factor, self.end_factor, self.total_iters)
-        return Join((line, Constant(self.end_factor)), (self.total_iters,))
+        return Linear(self.start_factor, self.end_factor, self.total_iters, hold=True)
+
+    def step_zero_factor(self) -> Any:
+        return self.start_factor
 
 
 class ExponentialLR(_ChainableLR):
@@ -178,7 +195,7 @@ class ExponentialLR(_ChainableLR):
         super().__init__(optimizer, last_epoch)
 
     def factor_schedule(self) -> Schedule:
-        return Exponential(self.gamma)
+        return Exponential(self.gamma, 1)
 
 
 class PolynomialLR(_ChainableLR):
@@ -196,8 +213,11 @@ class PolynomialLR(_ChainableLR):
 class CosineAnnealingLR(_ChainableLR):
     """``lr(t) = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` (SGDR without restarts).
 
-    Past ``T_max`` the cosine goes on (the lr rises again), as in torch.
+    Past ``T_max`` the cosine goes on (the lr rises again), as in torch. A resumed scheduler's
+    first ``step()`` (``_step_count == 1``, ``last_epoch > 0``) takes the closed form, as in torch.
     """
+
+    _closed_form_on_first_step = True
 
     def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         self.T_max = T_max
