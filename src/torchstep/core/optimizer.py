@@ -295,18 +295,24 @@ class Optimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state in torch's format: ``{"state": {int: {...}}, "param_groups": [...]}``.
 
-        Parameters are numbered in group order; each group lists its parameters' numbers under
+        Parameters are numbered by position in group order, as torch numbers them (a duplicate
+        in a group takes its last position's number); each group lists its parameters' numbers under
         ``params`` (and their names under ``param_names`` where names were given).
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        # torch's numbering: a group's positions start after every earlier group's length
+        # (duplicates included); a parameter listed twice in one group takes its last position,
+        # one already numbered in an earlier group keeps that number
         index: dict[int, int] = {}
         groups = []
+        start = 0
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
-            for p in group["params"]:
-                index.setdefault(id(p), len(index))
+            fresh = {id(p): i for i, p in enumerate(group["params"], start) if id(p) not in index}
+            index.update(fresh)
             packed["params"] = [index[id(p)] for p in group["params"]]
+            start += len(packed["params"])
             groups.append(packed)
         state = {
             (index[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
