@@ -469,3 +469,56 @@ def test_fused_flag_with_non_floating_parameters(name, dtype):
         assert dtype.is_complex and s_val.startswith("`fused=True` requires all the params to be floating point")
     else:
         torch.testing.assert_close(s_val, t_val)
+
+
+# -- a group's own implementation flags, which torch checks only when the step picks its path ----
+
+_GROUP_FLAGS = [
+    dict(foreach=True, differentiable=True), dict(fused=True, differentiable=True), dict(fused=True, foreach=True),
+    dict(fused=True, foreach=True, differentiable=True), dict(foreach=True, lr=torch.tensor(0.01)),
+    dict(foreach=True, betas=(torch.tensor(0.9), torch.tensor(0.99))),
+]
+_FLAG_CLASSES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop"]
+
+
+def _flag_step(lib, name, defaults, group, sparse, grads):
+    p, q = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    group = {k: (v.clone() if torch.is_tensor(v) else tuple(t.clone() for t in v) if isinstance(v, tuple) else v)
+             for k, v in group.items()}
+    opt = getattr(lib, name)([{"params": [p]}, {"params": [q], **group}], **defaults)
+    if grads:
+        for t in (p, q):
+            t.grad = torch.sparse_coo_tensor([[0]], [1.0], (3,)) if sparse else torch.ones(3)
+    try:
+        opt.step()
+    except Exception as exc:  # noqa: BLE001 -- compared with torch's
+        return type(exc)
+    return None
+
+
+@pytest.mark.parametrize(
+    "name,group",
+    # tensor betas: only Adam and AdamW take them (the others crash inside torch's kernels)
+    [(n, g) for n in _FLAG_CLASSES for g in _GROUP_FLAGS if "betas" not in g or n in ("Adam", "AdamW")],
+    ids=lambda v: "+".join(v) if isinstance(v, dict) else v,
+)
+def test_group_flags_raise_at_the_step_like_torch(name, group):
+    """foreach with differentiable (AssertionError), fused with differentiable or a sparse
+    gradient, a tensor lr/betas on the foreach path: the exception type torch raises at the step,
+    with and without gradients, from a group's own flags or the defaults'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sparse in ([False, True] if name in ("SGD", "Adagrad") else [False]):
+            for grads in (True, False):
+                for defaults in ({}, {"differentiable": True}, {"foreach": True}):
+                    want = _flag_step(torch.optim, name, defaults, group, sparse, grads)
+                    got = _flag_step(ts_optim, name, defaults, group, sparse, grads)
+                    assert got is want, (defaults, sparse, grads)
+
+
+def test_group_flag_error_names_the_group():
+    p = torch.ones(2, requires_grad=True)
+    opt = ts_optim.RMSprop([{"params": [p], "foreach": True, "differentiable": True}])
+    p.grad = torch.ones(2)
+    with pytest.raises(AssertionError, match=r"_foreach ops don't support autograd \(parameter group 0 has foreach=True"):
+        opt.step()

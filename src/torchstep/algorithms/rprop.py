@@ -78,6 +78,7 @@ class Rprop(Optimizer):
     """Rprop; see :mod:`torchstep.algorithms.rprop`."""
 
     _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="with_grads")  # torch checks these flags at the step
 
     algorithm = RPROP_ALGORITHM
 

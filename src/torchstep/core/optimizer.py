@@ -112,6 +112,9 @@ class Optimizer(torch.optim.Optimizer):
     # missing and the step reading it raises KeyError, as in torch. None: every option that has
     # a default (the algorithms torch does not have, and custom subclasses).
     _load_defaults: dict[str, Any] | None = None
+    # torch's implementation paths of this class, whose checks of a group's flags torch makes at
+    # the step (``check.step_flags``); None for a class torch.optim does not have
+    _step_paths: Any = None
 
     @property
     def _step_supports_amp_scaling(self) -> bool:  # GradScaler hands us grad_scale / found_inf
@@ -228,7 +231,9 @@ class Optimizer(torch.optim.Optimizer):
         if self.algorithm is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither `algorithm` nor `step`")
         from ..backends import dispatch
+        from . import check
 
+        paths = self._step_paths
         self._check_step()
         loss = None
         if closure is not None:
@@ -242,7 +247,9 @@ class Optimizer(torch.optim.Optimizer):
         # the option itself, as torch passes it: a value that is not a bool is a TypeError here
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
-            for group in self.param_groups:
+            for index, group in enumerate(self.param_groups):
+                if paths is not None:
+                    check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
                 keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
                 known = None if keeps_state else {p for p in group["params"] if p in self.state}
                 dispatch.step_group(self, self._backend_group(group), grad_scale, plans_of=group)
