@@ -522,3 +522,22 @@ def test_group_flag_error_names_the_group():
     p.grad = torch.ones(2)
     with pytest.raises(AssertionError, match=r"_foreach ops don't support autograd \(parameter group 0 has foreach=True"):
         opt.step()
+
+
+def test_adagrad_accumulator_starts_at_the_constructors_value():
+    """torch fills every accumulator -- a group's given at construction or added later -- with
+    the constructor's initial_accumulator_value; a group's own value stays in the group unused."""
+    def run(lib):
+        p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+        opt = lib.Adagrad([{"params": [p], "initial_accumulator_value": 0.5}], initial_accumulator_value=0.25)
+        opt.add_param_group({"params": [q], "initial_accumulator_value": 2.0})
+        sums = [opt.state[p]["sum"].clone()]
+        p.grad, q.grad = torch.ones(2), torch.ones(2)
+        opt.step()
+        return sums + [opt.state[p]["sum"], opt.state[q]["sum"], p.detach(), q.detach()], opt.state_dict()["param_groups"]
+
+    (want, want_groups), (got, got_groups) = run(torch.optim), run(ts_optim)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert [g["initial_accumulator_value"] for g in got_groups] == [0.5, 2.0]
+    assert got_groups == want_groups

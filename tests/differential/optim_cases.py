@@ -59,8 +59,7 @@ hidden: ``capturable=True`` on CPU runs the default path in torchstep, so the to
 with ``capturable=False`` (and ``param_groups`` must still show the drawn ``capturable``); an
 argument torch only trips over at the first step may be rejected by ours at construction with the
 same exception type; the few values README lists as rejected by ours although torch accepts them
-(LBFGS ``history_size < 1`` and negative tolerances, Muon ``eps < 0``) count as rejections; Adagrad
-groups added later keep the constructor's ``initial_accumulator_value``.
+(LBFGS ``history_size < 1`` and negative tolerances, Muon ``eps < 0``) count as rejections.
 
 Reproduce one case: ``python -m tests.differential.optim_cases --seed N --cls Adam`` (``-v`` prints
 every step). Campaign: ``--seeds 0-2000 --cls all`` prints failures grouped by signature.
@@ -279,8 +278,7 @@ def draw_config(cls: str, seed: int, attempt: int = 0) -> Config:
                 idx = []
                 for _ in range(rng.randint(1, 2)):
                     _draw_param(rng, cls, idx, params)
-                exclude = IMPL_KEYS + (("initial_accumulator_value",) if cls == "Adagrad" else ())
-                ev["group"] = {"params": idx, "options": _draw_group_options(rng, cls, exclude=exclude),
+                ev["group"] = {"params": idx, "options": _draw_group_options(rng, cls, exclude=IMPL_KEYS),
                                "extra": {"added_at": s} if rng.random() < 0.5 else {}}
             elif kind == "zero_grad":
                 ev["set_to_none"] = rng.random() < 0.5
