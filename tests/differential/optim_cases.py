@@ -618,14 +618,20 @@ def _try(fn):
         return None, e
 
 
-def _documented_early_rejection(cfg: Config) -> bool:
-    """README 'Known differences': values torch accepts but torchstep rejects with ValueError."""
+def _documented_early_rejection(cfg: Config, err: Exception) -> bool:
+    """README 'Known differences': values torch accepts (or trips over only at a later step) but
+    torchstep rejects at construction -- "Arguments torch only trips over at the first step
+    (LBFGS ``line_search_fn`` and ``history_size`` ...) are rejected at construction, with the
+    exception type torch raises at the step": ``history_size < 1`` is torch's IndexError at the
+    second iteration (so a step of one iteration runs in torch)."""
     allopts = [cfg.defaults] + [g["options"] for g in cfg.groups]
     for o in allopts:
         if cfg.cls == "LBFGS":
-            if o.get("history_size", 1) < 1 or o.get("tolerance_grad", 0) < 0 or o.get("tolerance_change", 0) < 0:
+            if o.get("history_size", 1) < 1 and isinstance(err, IndexError):
                 return True
-        if cfg.cls == "Muon" and o.get("eps", 0) < 0:
+            if (o.get("tolerance_grad", 0) < 0 or o.get("tolerance_change", 0) < 0) and isinstance(err, ValueError):
+                return True
+        if cfg.cls == "Muon" and o.get("eps", 0) < 0 and isinstance(err, ValueError):
             return True
     return False
 
@@ -702,7 +708,7 @@ def run_case(cls: str, seed: int, verbose: bool = False) -> Outcome:
 
 
 def _early_rejection(cfg: Config, t_twin: Twin, o_err: Exception) -> Outcome | None:
-    if _documented_early_rejection(cfg) and isinstance(o_err, ValueError):
+    if _documented_early_rejection(cfg, o_err):
         return None
     tracked = t_twin.order()
     _set_grads(t_twin, cfg, 0, tracked)
