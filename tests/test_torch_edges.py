@@ -541,3 +541,71 @@ def test_adagrad_accumulator_starts_at_the_constructors_value():
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert [g["initial_accumulator_value"] for g in got_groups] == [0.5, 2.0]
     assert got_groups == want_groups
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("RMSprop", "momentum", 0.9), ("RMSprop", "centered", True), ("Adam", "amsgrad", True), ("AdamW", "amsgrad", True),
+])
+@pytest.mark.parametrize("late", [False, True], ids=["next-step", "first-grad-later"])
+def test_option_turned_on_by_hand_raises_keyerror_like_torch(name, key, value, late):
+    """An option that adds a state entry, set by hand after steps: torch's next step with a
+    gradient raises KeyError for the missing entry (a step without gradients does not)."""
+    def run(lib):
+        p = torch.ones(3, requires_grad=True)
+        opt = getattr(lib, name)([p])
+        p.grad = torch.ones(3)
+        opt.step()
+        opt.param_groups[0][key] = value
+        if late:
+            p.grad = None
+            opt.step()
+            p.grad = torch.ones(3)
+        with pytest.raises(KeyError) as info:
+            opt.step()
+        return info.value
+
+    want, got = run(torch.optim), run(ts_optim)
+    assert want.args[0] in str(got) and "parameter 0 of group 0" in str(got)
+
+
+def test_option_turned_off_and_on_again_keeps_its_state():
+    """The entry made while the option was on stays in the state: turning it on again is fine
+    (as in torch, which keeps the entry too)."""
+    for lib in (torch.optim, ts_optim):
+        p = torch.ones(3, requires_grad=True)
+        opt = lib.Adam([p], amsgrad=True)
+        for flag in (True, False, True):
+            opt.param_groups[0]["amsgrad"] = flag
+            p.grad = torch.ones(3)
+            opt.step()
+        assert "max_exp_avg_sq" in opt.state[p]
+
+
+@pytest.mark.parametrize("name,group,kwargs", [
+    ("Rprop", {"etas": (0.0, 1.2)}, {"lr": 0.01, "step_sizes": (0.002, 0.02)}),
+    ("Rprop", {"etas": (0.5, 0.0)}, {"lr": 0.01, "step_sizes": (0.002, 0.02)}),
+    ("Rprop", {"etas": (0.5, -1.0)}, {"lr": 0.01, "step_sizes": (0.002, 0.02)}),
+    ("Rprop", {"etas": (1.0, 2.0)}, {"lr": 0.01}),
+    ("Muon", {"adjust_lr_fn": "bogus"}, {"lr": 0.01}),
+])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_unvalidated_group_options_compute_as_torch(name, group, kwargs, backend):
+    """Options given in a group skip the constructor's checks; torch's step uses them as they
+    are (Rprop's sign replacement makes an eta of 0 act as 1, Muon's unknown adjust_lr_fn
+    leaves lr as it is), and so does torchstep's, on every path."""
+    def run(lib):
+        p = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4).requires_grad_()
+        opt = getattr(lib, name)([{"params": [p], **group}], **kwargs)
+        for k in range(4):
+            p.grad = torch.sin(torch.arange(12.0, dtype=torch.float64) * (k + 1)).reshape(3, 4)
+            p.grad[0, k % 4] = 0
+            opt.step()
+        return [p.detach()] + [v for v in opt.state[p].values() if torch.is_tensor(v)]
+
+    want = run(torch.optim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with dispatch.use(backend):
+            got = run(ts_optim)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=0)

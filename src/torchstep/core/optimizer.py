@@ -474,24 +474,47 @@ class Optimizer(torch.optim.Optimizer):
                         checked.add(p)
 
     def _check_loaded_state(self) -> None:
-        """First step of a parameter after ``load_state_dict``: a state that is not empty must
-        hold every entry the algorithm keeps (torch raises KeyError at the step otherwise; an
-        empty one starts afresh). Algorithms with ``lazy_state`` create what is missing."""
+        """A parameter's state that is not empty must hold every entry the algorithm keeps for its
+        group's current options (torch raises KeyError at the step otherwise; an empty one starts
+        afresh). That can fail only for a state loaded by ``load_state_dict``, or after an option
+        that adds a state entry (Adam's ``amsgrad``, RMSprop's ``momentum`` / ``centered``) was
+        set by hand: such parameters are checked at their next step with a gradient. A group's
+        state names are compared with the previous step's, so the common step checks nothing per
+        parameter. Algorithms with ``lazy_state`` create what is missing."""
         if self.__dict__.pop("_loaded_groups_unchecked", False):
             for group in self.param_groups:
                 for key in _WRAPPER_OPTIONS:
                     if key in self.defaults and isinstance(group, _LoadedGroup):
                         group[key]  # noqa: B018 -- KeyError (from __missing__) when the load lacked it
+        algo = self.algorithm
+        if algo is None or algo.lazy_state:
+            return
         unchecked = self.__dict__.get("_loaded_unchecked")
+        # (group, its state names) at the previous step, by position
+        seen = self.__dict__.setdefault("_state_names_seen", [])
+        del seen[len(self.param_groups):]
+        for i, group in enumerate(self.param_groups):
+            try:
+                names = algo.state_names(group)
+            except KeyError:  # an option missing from a loaded group: the update names it
+                names = None
+            if i == len(seen):
+                seen.append((group, names))
+                continue
+            before_group, before = seen[i]
+            if before_group is group and before != names and names is not None:
+                if unchecked is None:
+                    unchecked = self._loaded_unchecked = set()
+                unchecked.update(p for p in group["params"] if self.state.get(p))
+            seen[i] = (group, names)
         if not unchecked:
             return
-        algo = self.algorithm
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 if p.grad is None or p not in unchecked:
                     continue
                 st = self.state.get(p)
-                if st and algo is not None and not algo.lazy_state:
+                if st:
                     names = (("step",) if algo.counts_steps else ()) + tuple(algo.state_names(group))
                     for key in names:
                         if key not in st:
@@ -542,9 +565,10 @@ _WRAPPER_OPTIONS = ("weight_decay", "maximize", "decoupled_weight_decay")
 
 def _missing_state(key: str, group: int, index: int, state: dict) -> KeyError:
     return KeyError(
-        f"{key!r} (the loaded state of parameter {index} of group {group} has no {key!r}; it "
-        f"holds {sorted(map(str, state))} -- a state_dict of another optimizer class, or an "
-        "incomplete one)"
+        f"{key!r} (the state of parameter {index} of group {group} has no {key!r}; it holds "
+        f"{sorted(map(str, state))} -- an option that needs {key!r} was turned on after the "
+        "parameter's first step (set it before the first step, or clear optimizer.state[p]), or "
+        "the state was loaded from a state_dict of another optimizer class or an incomplete one)"
     )
 
 
