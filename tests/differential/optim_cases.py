@@ -357,7 +357,7 @@ class Twin:
             params_arg = groups[0]["params"]
         defaults = _with_impl(cfg.defaults, impl if impl is not None else None)
         if oracle:
-            defaults = _oracle_options(defaults, forloop)
+            defaults = _oracle_options(defaults, forloop and bool(cfg.defaults.get("capturable")))
         self.opt = getattr(lib, cfg.cls)(params_arg, **defaults)
 
     def _tensor(self, i):
@@ -371,7 +371,13 @@ class Twin:
             ps = [(f"p{i}", p) for i, p in zip(g["params"], ps)]
         opts = _with_impl(g["options"], {} if self.impl is not None else None)
         if self.oracle:
-            opts = _oracle_options(opts, self.forloop)
+            # the for-loop path only for a group that asked for capturable=True (where torch would
+            # refuse its tensor lr/betas with foreach=True); any other group keeps its foreach
+            capturable = g["options"].get("capturable", self.cfg.defaults.get("capturable", False))
+            opts = _oracle_options(opts, self.forloop and bool(capturable))
+            if (self.forloop and not capturable and self.impl is None and "foreach" not in opts
+                    and "foreach" in self.cfg.defaults and self.cfg.defaults.get("capturable")):
+                opts["foreach"] = self.cfg.defaults["foreach"]
         return {"params": ps, **opts, **copy.deepcopy(g["extra"])}
 
     def add_group(self, g):
@@ -758,8 +764,8 @@ def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
 
     def expect_groups(gi, key, torch_value):
         # the oracle could not run the drawn capturable (and foreach) flags; ours shows them
-        if gi < len(drawn_groups) and ((key == "capturable" and drawn_groups[gi].get("capturable"))
-                                       or (key == "foreach" and forloop)):
+        if gi < len(drawn_groups) and drawn_groups[gi].get("capturable") and (
+                key == "capturable" or (key == "foreach" and forloop)):
             return drawn_groups[gi].get(key, torch_value)
         return torch_value
 

@@ -285,12 +285,15 @@ def step_flags(paths: StepPaths, group: dict, index: int, *, sparse_ok: bool) ->
         )
     if not grads:
         return
-    if foreach and paths.foreach_tensor_hypers and not _on(group, "capturable"):
+    # torch's Adam refuses a tensor lr with foreach=True as it gathers the gradients, whichever
+    # path then runs (fused included); tensor betas only on the foreach path itself
+    if _on(group, "foreach") and paths.foreach_tensor_hypers and not _on(group, "capturable"):
         if isinstance(group.get("lr"), torch.Tensor):
             raise RuntimeError(
                 f"lr as a Tensor is not supported for capturable=False and foreach=True ({where} has "
                 f"lr={group['lr']!r} and foreach=True; give lr as a float, or set foreach=False there)"
             )
+    if foreach and paths.foreach_tensor_hypers and not _on(group, "capturable"):
         betas = group.get("betas")
         for i, beta in enumerate(betas if isinstance(betas, (tuple, list)) else ()):
             if isinstance(beta, torch.Tensor):
