@@ -1,4 +1,4 @@
-# Two commands for a user: `make demo` (the main job: `torchstep compare`) and `make test` (the test suite).
+# Commands for a user: `make demo` (the main job: `torchstep compare`), `make test` (the test suite), `make fuzz` (the optimizer differential fuzzer over more seeds).
 # Both create .venv on first use. torch is pinned to 2.13.0 for development: it is the
 # oracle every parity test compares against.
 PY ?= python3
@@ -20,4 +20,10 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
-.PHONY: venv demo test
+# the optimizer differential fuzzer over more seeds than CI's: make fuzz SEEDS=0-2000 [CLASSES=Adam,SGD]
+SEEDS ?= 0-2000
+CLASSES ?=
+fuzz: venv
+	TORCHSTEP_FUZZ_SEEDS=$(SEEDS) TORCHSTEP_FUZZ_CLASSES=$(CLASSES) $(BIN)/python -m pytest -q tests/differential
+
+.PHONY: venv demo test fuzz

@@ -215,3 +215,36 @@ def test_exports_every_torch_optimizer():
     for name in torch_classes:
         assert issubclass(getattr(ts_optim, name), torch.optim.Optimizer)
     assert {"lr_scheduler", "swa_utils"} <= set(ts_optim.__all__)
+
+
+@pytest.mark.parametrize("layout", [[[0], [1, 1]], [[0, 1, 0], [2]], [[0, 0, 1], [2, 2, 3]]])
+def test_state_dict_numbers_duplicates_as_torch(layout):
+    """A parameter listed twice in a group: numbers by position, as torch's ``pack_group``
+    (positions run over every group's full length; a duplicate takes its last position), and a
+    checkpoint moves both ways with every parameter's state where it belongs."""
+    base = [torch.randn(k + 2) for k in range(4)]
+
+    def build(lib):
+        ps = [b.clone().requires_grad_() for b in base]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = lib.Adam([{"params": [ps[i] for i in g]} for g in layout], lr=0.1)
+        for i, p in enumerate(ps):
+            p.grad = torch.full_like(p, float(i + 1))
+        opt.step()
+        return ps, opt
+
+    (_, to), (_, so) = build(torch.optim), build(ts_optim)
+    tsd, ssd = to.state_dict(), so.state_dict()
+    assert [g["params"] for g in ssd["param_groups"]] == [g["params"] for g in tsd["param_groups"]]
+    assert sorted(ssd["state"]) == sorted(tsd["state"])
+    for k in tsd["state"]:
+        torch.testing.assert_close(ssd["state"][k]["exp_avg"], tsd["state"][k]["exp_avg"])
+    # torch -> ours and ours -> torch: each parameter gets its own state back
+    (_, to2), (_, so2) = build(torch.optim), build(ts_optim)
+    so2.load_state_dict(tsd)
+    to2.load_state_dict(ssd)
+    for g_s, g_t, g_s0, g_t0 in zip(so2.param_groups, to2.param_groups, so.param_groups, to.param_groups):
+        for p_s, p_t, q_s, q_t in zip(g_s["params"], g_t["params"], g_s0["params"], g_t0["params"]):
+            torch.testing.assert_close(so2.state[p_s]["exp_avg"], to.state[q_t]["exp_avg"])
+            torch.testing.assert_close(to2.state[p_t]["exp_avg"], so.state[q_s]["exp_avg"])

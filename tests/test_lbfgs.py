@@ -212,10 +212,25 @@ def test_two_groups_rejected():
         torch.optim.LBFGS(groups)
     with pytest.raises(ValueError, match=r"doesn't support per-parameter options \(parameter groups\) \(it optimizes exactly one"):
         ts_optim.LBFGS([dict(g) for g in groups])
-    opt = ts_optim.LBFGS(_param())
+    # torch checks the groups before it would trip over line_search_fn (at the step)
     with pytest.raises(ValueError, match="per-parameter options"):
-        opt.add_param_group({"params": [torch.zeros(1, requires_grad=True)]})
-    assert len(opt.param_groups) == 1
+        torch.optim.LBFGS([dict(g) for g in groups], line_search_fn="bogus")
+    with pytest.raises(ValueError, match="per-parameter options"):
+        ts_optim.LBFGS([dict(g) for g in groups], line_search_fn="bogus")
+
+
+@pytest.mark.parametrize("lib", [torch.optim, ts_optim], ids=["torch", "torchstep"])
+def test_added_group_accepted_then_step_raises_assertion(lib):
+    """add_param_group takes a second group (as torch's does); the next step raises
+    AssertionError, before the closure runs."""
+    p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = lib.LBFGS([p])
+    opt.add_param_group({"params": [q]})
+    assert len(opt.param_groups) == 2
+    calls = []
+    with pytest.raises(AssertionError, match="Expected exactly one param_group, but got 2"):
+        opt.step(lambda: calls.append(1) or (p.sum() + q.sum()))
+    assert calls == []
 
 
 def test_unknown_line_search_rejected():

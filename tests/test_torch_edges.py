@@ -469,3 +469,143 @@ def test_fused_flag_with_non_floating_parameters(name, dtype):
         assert dtype.is_complex and s_val.startswith("`fused=True` requires all the params to be floating point")
     else:
         torch.testing.assert_close(s_val, t_val)
+
+
+# -- a group's own implementation flags, which torch checks only when the step picks its path ----
+
+_GROUP_FLAGS = [
+    dict(foreach=True, differentiable=True), dict(fused=True, differentiable=True), dict(fused=True, foreach=True),
+    dict(fused=True, foreach=True, differentiable=True), dict(foreach=True, lr=torch.tensor(0.01)),
+    dict(foreach=True, betas=(torch.tensor(0.9), torch.tensor(0.99))),
+]
+_FLAG_CLASSES = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "Adamax", "ASGD", "NAdam", "RAdam", "RMSprop", "Rprop"]
+
+
+def _flag_step(lib, name, defaults, group, sparse, grads):
+    p, q = torch.ones(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    group = {k: (v.clone() if torch.is_tensor(v) else tuple(t.clone() for t in v) if isinstance(v, tuple) else v)
+             for k, v in group.items()}
+    opt = getattr(lib, name)([{"params": [p]}, {"params": [q], **group}], **defaults)
+    if grads:
+        for t in (p, q):
+            t.grad = torch.sparse_coo_tensor([[0]], [1.0], (3,)) if sparse else torch.ones(3)
+    try:
+        opt.step()
+    except Exception as exc:  # noqa: BLE001 -- compared with torch's
+        return type(exc)
+    return None
+
+
+@pytest.mark.parametrize(
+    "name,group",
+    # tensor betas: only Adam and AdamW take them (the others crash inside torch's kernels)
+    [(n, g) for n in _FLAG_CLASSES for g in _GROUP_FLAGS if "betas" not in g or n in ("Adam", "AdamW")],
+    ids=lambda v: "+".join(v) if isinstance(v, dict) else v,
+)
+def test_group_flags_raise_at_the_step_like_torch(name, group):
+    """foreach with differentiable (AssertionError), fused with differentiable or a sparse
+    gradient, a tensor lr/betas on the foreach path: the exception type torch raises at the step,
+    with and without gradients, from a group's own flags or the defaults'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for sparse in ([False, True] if name in ("SGD", "Adagrad") else [False]):
+            for grads in (True, False):
+                for defaults in ({}, {"differentiable": True}, {"foreach": True}):
+                    want = _flag_step(torch.optim, name, defaults, group, sparse, grads)
+                    got = _flag_step(ts_optim, name, defaults, group, sparse, grads)
+                    assert got is want, (defaults, sparse, grads)
+
+
+def test_group_flag_error_names_the_group():
+    p = torch.ones(2, requires_grad=True)
+    opt = ts_optim.RMSprop([{"params": [p], "foreach": True, "differentiable": True}])
+    p.grad = torch.ones(2)
+    with pytest.raises(AssertionError, match=r"_foreach ops don't support autograd \(parameter group 0 has foreach=True"):
+        opt.step()
+
+
+def test_adagrad_accumulator_starts_at_the_constructors_value():
+    """torch fills every accumulator -- a group's given at construction or added later -- with
+    the constructor's initial_accumulator_value; a group's own value stays in the group unused."""
+    def run(lib):
+        p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+        opt = lib.Adagrad([{"params": [p], "initial_accumulator_value": 0.5}], initial_accumulator_value=0.25)
+        opt.add_param_group({"params": [q], "initial_accumulator_value": 2.0})
+        sums = [opt.state[p]["sum"].clone()]
+        p.grad, q.grad = torch.ones(2), torch.ones(2)
+        opt.step()
+        return sums + [opt.state[p]["sum"], opt.state[q]["sum"], p.detach(), q.detach()], opt.state_dict()["param_groups"]
+
+    (want, want_groups), (got, got_groups) = run(torch.optim), run(ts_optim)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert [g["initial_accumulator_value"] for g in got_groups] == [0.5, 2.0]
+    assert got_groups == want_groups
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("RMSprop", "momentum", 0.9), ("RMSprop", "centered", True), ("Adam", "amsgrad", True), ("AdamW", "amsgrad", True),
+])
+@pytest.mark.parametrize("late", [False, True], ids=["next-step", "first-grad-later"])
+def test_option_turned_on_by_hand_raises_keyerror_like_torch(name, key, value, late):
+    """An option that adds a state entry, set by hand after steps: torch's next step with a
+    gradient raises KeyError for the missing entry (a step without gradients does not)."""
+    def run(lib):
+        p = torch.ones(3, requires_grad=True)
+        opt = getattr(lib, name)([p])
+        p.grad = torch.ones(3)
+        opt.step()
+        opt.param_groups[0][key] = value
+        if late:
+            p.grad = None
+            opt.step()
+            p.grad = torch.ones(3)
+        with pytest.raises(KeyError) as info:
+            opt.step()
+        return info.value
+
+    want, got = run(torch.optim), run(ts_optim)
+    assert want.args[0] in str(got) and "parameter 0 of group 0" in str(got)
+
+
+def test_option_turned_off_and_on_again_keeps_its_state():
+    """The entry made while the option was on stays in the state: turning it on again is fine
+    (as in torch, which keeps the entry too)."""
+    for lib in (torch.optim, ts_optim):
+        p = torch.ones(3, requires_grad=True)
+        opt = lib.Adam([p], amsgrad=True)
+        for flag in (True, False, True):
+            opt.param_groups[0]["amsgrad"] = flag
+            p.grad = torch.ones(3)
+            opt.step()
+        assert "max_exp_avg_sq" in opt.state[p]
+
+
+@pytest.mark.parametrize("name,group,kwargs", [
+    ("Rprop", {"etas": (0.0, 1.2)}, {"lr": 0.01, "step_sizes": (0.002, 0.02)}),
+    ("Rprop", {"etas": (0.5, 0.0)}, {"lr": 0.01, "step_sizes": (0.002, 0.02)}),
+    ("Rprop", {"etas": (0.5, -1.0)}, {"lr": 0.01, "step_sizes": (0.002, 0.02)}),
+    ("Rprop", {"etas": (1.0, 2.0)}, {"lr": 0.01}),
+    ("Muon", {"adjust_lr_fn": "bogus"}, {"lr": 0.01}),
+])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_unvalidated_group_options_compute_as_torch(name, group, kwargs, backend):
+    """Options given in a group skip the constructor's checks; torch's step uses them as they
+    are (Rprop's sign replacement makes an eta of 0 act as 1, Muon's unknown adjust_lr_fn
+    leaves lr as it is), and so does torchstep's, on every path."""
+    def run(lib):
+        p = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4).requires_grad_()
+        opt = getattr(lib, name)([{"params": [p], **group}], **kwargs)
+        for k in range(4):
+            p.grad = torch.sin(torch.arange(12.0, dtype=torch.float64) * (k + 1)).reshape(3, 4)
+            p.grad[0, k % 4] = 0
+            opt.step()
+        return [p.detach()] + [v for v in opt.state[p].values() if torch.is_tensor(v)]
+
+    want = run(torch.optim)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with dispatch.use(backend):
+            got = run(ts_optim)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=0)

@@ -30,7 +30,7 @@ import pytest
 import torch
 import torch.optim.lr_scheduler
 import torch.optim.swa_utils
-from scheduler_draws import DRAWS, Case, draw_case
+from .scheduler_draws import DRAWS, Case, draw_case  # tests/differential is a package (python -m tests.differential.optim_cases)
 
 import torchstep.optim
 import torchstep.optim.lr_scheduler

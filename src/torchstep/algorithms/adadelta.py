@@ -53,6 +53,7 @@ class Adadelta(Optimizer):
     """Adadelta; see :mod:`torchstep.algorithms.adadelta`."""
 
     _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="always")  # torch checks these flags at the step
 
     algorithm = ADADELTA_ALGORITHM
 

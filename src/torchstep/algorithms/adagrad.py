@@ -7,7 +7,9 @@ With gradient :math:`g_t` (after ``maximize`` and L2 ``weight_decay``), ``lr`` :
     \tilde\gamma_t = \frac{\gamma}{1 + (t-1)\eta} \qquad s_t = s_{t-1} + g_t^2 \qquad
     \theta_t = \theta_{t-1} - \tilde\gamma_t \frac{g_t}{\sqrt{s_t} + \epsilon}
 
-State: ``step``, ``sum`` (:math:`s`), created when the optimizer is built (as torch does).
+State: ``step``, ``sum`` (:math:`s`), created when the optimizer is built (as torch does), and
+for a group added later at its first step; as in torch, :math:`s_0` is always the constructor's
+``initial_accumulator_value`` (a value given in a group is kept in the group but not used).
 Sparse gradients are accepted (only the touched rows are updated) but not with weight decay.
 Reference: Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
 Stochastic Optimization" (JMLR 2011).
@@ -68,6 +70,7 @@ class Adagrad(Optimizer):
     """Adagrad; see :mod:`torchstep.algorithms.adagrad`."""
 
     _load_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="always", fused="adagrad")  # torch checks these flags at the step
 
     algorithm = ADAGRAD_ALGORITHM
 
@@ -98,8 +101,17 @@ class Adagrad(Optimizer):
         )
         super().__init__(params, defaults)
         check.exclusive_flags(fused=fused, foreach=foreach, differentiable=differentiable)
+        # torch fills every accumulator with the constructor's initial_accumulator_value, here
+        # and when it creates one at a step; a group's own value is kept but never used
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state[p]
                 state["step"] = new_step_tensor(p, group)
-                state.update(init(p, group))
+                state.update(init(p, self._backend_group(group)))
+
+    def _backend_group(self, group: dict) -> dict:
+        value = self.defaults["initial_accumulator_value"]
+        own = group.get("initial_accumulator_value", value)
+        if own is value or (isinstance(own, (int, float)) and own == value):
+            return group
+        return {**group, "initial_accumulator_value": value}

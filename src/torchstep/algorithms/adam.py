@@ -88,6 +88,7 @@ class Adam(Optimizer):
     """Adam / AMSGrad; ``decoupled_weight_decay=True`` makes it AdamW. See :mod:`torchstep.algorithms.adam`."""
 
     _load_defaults = {**LOAD_FLAGS, "amsgrad": False, "decoupled_weight_decay": False, "fused": None}  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="with_grads", fused="adam", foreach_tensor_hypers=True)  # torch checks these flags at the step
 
     algorithm = ADAM_ALGORITHM
 

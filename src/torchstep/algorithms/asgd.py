@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..backends.reference import upgrade_scalar_state
+from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ..core.wrappers import add_, plain
@@ -86,6 +87,7 @@ class ASGD(Optimizer):
     """Averaged SGD; the average is ``optimizer.state[p]["ax"]``. See :mod:`torchstep.algorithms.asgd`."""
 
     _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="with_grads")  # torch checks these flags at the step
 
     algorithm = ASGD_ALGORITHM
 

@@ -122,30 +122,31 @@ class LBFGS(Optimizer):
         # limit <= 0 (or NaN) means no iteration, a negative tolerance never stops early
         if max_eval is None:
             max_eval = max_iter * 5 // 4
-        check.history_length(history_size, "history_size")
-        check.one_of(line_search_fn, "line_search_fn", LINE_SEARCHES, "only 'strong_wolfe' is supported", RuntimeError)
         defaults = dict(
             lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
             tolerance_change=tolerance_change, history_size=history_size, line_search_fn=line_search_fn,
         )
         super().__init__(params, defaults)
-
-    def add_param_group(self, param_group: dict) -> None:
-        """LBFGS optimizes exactly one group; a second one is refused (after the checks every
-        group goes through, which torch runs first: duplicates, names)."""
-        super().add_param_group(param_group)
-        if len(self.param_groups) > 1:
-            self.param_groups.pop()
+        # in torch's order: the groups first; then what torch only trips over at the step
+        if len(self.param_groups) != 1:
             raise ValueError(
                 "LBFGS doesn't support per-parameter options (parameter groups) "
-                f"(it optimizes exactly one group; got a group #{len(self.param_groups)})"
+                f"(it optimizes exactly one group; got {len(self.param_groups)})"
             )
+        # (line_search_fn first: torch's first iteration trips over it, the second over history_size)
+        check.one_of(line_search_fn, "line_search_fn", LINE_SEARCHES, "only 'strong_wolfe' is supported", RuntimeError)
+        check.history_length(history_size, "history_size")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run up to ``max_iter`` L-BFGS iterations; returns the loss ``closure()`` gave first."""
         if closure is None:
             raise TypeError("LBFGS.step() requires a closure that re-evaluates the model and returns the loss")
+        if len(self.param_groups) != 1:  # a group added by add_param_group, which torch accepts
+            raise AssertionError(
+                f"Expected exactly one param_group, but got {len(self.param_groups)} "
+                "(LBFGS optimizes exactly one parameter group; put every parameter in it)"
+            )
         group = self.param_groups[0]
         check.one_of(group["line_search_fn"], "line_search_fn", LINE_SEARCHES, "only 'strong_wolfe' is supported", RuntimeError)
         closure = torch.enable_grad()(closure)

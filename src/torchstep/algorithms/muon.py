@@ -45,9 +45,13 @@ MAX_NS_STEPS = 100
 def adjusted_lr(lr, adjust_lr_fn: str | None, shape: torch.Size):
     """``lr`` scaled for a matrix of ``shape`` so updates of any aspect ratio have a like RMS."""
     rows, cols = shape[:2]
+    if adjust_lr_fn is None or adjust_lr_fn == "original":
+        return lr * math.sqrt(max(1, rows / cols))
     if adjust_lr_fn == "match_rms_adamw":
         return lr * (0.2 * math.sqrt(max(rows, cols)))
-    return lr * math.sqrt(max(1, rows / cols))
+    # another value can only come from a parameter group (the constructor refuses it); torch's
+    # step then leaves lr unadjusted, and so does this
+    return lr * 1.0
 
 
 def muon_update(p, g, momentum_buffer, *, lr, weight_decay, momentum, nesterov, ns_coefficients, ns_steps, eps, adjust_lr_fn) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ._common import LOAD_FLAGS
@@ -81,6 +82,7 @@ class RAdam(Optimizer):
     """RAdam; see :mod:`torchstep.algorithms.radam`."""
 
     _load_defaults = {**LOAD_FLAGS, "decoupled_weight_decay": False}  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="with_grads")  # torch checks these flags at the step
 
     algorithm = RADAM_ALGORITHM
 

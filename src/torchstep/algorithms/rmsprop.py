@@ -72,6 +72,7 @@ class RMSprop(Optimizer):
     """RMSprop; see :mod:`torchstep.algorithms.rmsprop`."""
 
     _load_defaults = {**LOAD_FLAGS, "momentum": 0, "centered": False}  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="with_grads")  # torch checks these flags at the step
 
     algorithm = RMSPROP_ALGORITHM
 

@@ -7,6 +7,7 @@ With gradient :math:`g_t` (after ``maximize``; Rprop takes no weight decay), ``e
 .. math::
     s_t = \operatorname{sign}(g_t\, p_{t-1}) \qquad
     f_t = \eta^+ \text{ if } s_t > 0,\ \eta^- \text{ if } s_t < 0,\ 1 \text{ if } s_t = 0
+    \quad\text{(replaced in that order, so an } \eta^\pm \text{ of 0 acts as 1)}
 
     \Delta_t = \operatorname{clamp}(\Delta_{t-1} f_t,\ \Delta_{min}, \Delta_{max}) \qquad
     \tilde g_t = 0 \text{ where } f_t = \eta^-, \text{ else } g_t
@@ -51,7 +52,11 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
 def update(p, g, prev, step_size, *, etaminus, etaplus, step_size_min, step_size_max) -> None:
     """Sign-driven step-size adaptation and the sign step (see module docstring)."""
     sign = g.mul(prev).sign().detach()  # sign's derivative is zero: nothing for autograd to keep
-    factor = torch.where(sign.gt(0), etaplus, torch.where(sign.lt(0), etaminus, torch.where(sign.eq(0), 1, sign)))
+    # the sign is replaced in three passes, each seeing the previous one's result, as torch does:
+    # so an eta- of 0 (possible in a group, where options are not validated) ends up as 1
+    factor = torch.where(sign.gt(0), etaplus, sign)
+    factor = torch.where(factor.lt(0), etaminus, factor)
+    factor = torch.where(factor.eq(0), 1, factor)
     step_size.mul_(factor).clamp_(step_size_min, step_size_max)
     g = torch.where(factor.eq(etaminus), 0, g)
     p.addcmul_(g.sign(), step_size, value=-1)
@@ -78,6 +83,7 @@ class Rprop(Optimizer):
     """Rprop; see :mod:`torchstep.algorithms.rprop`."""
 
     _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(foreach="with_grads")  # torch checks these flags at the step
 
     algorithm = RPROP_ALGORITHM
 

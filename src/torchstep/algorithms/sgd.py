@@ -90,6 +90,7 @@ class SGD(Optimizer):
     """Stochastic gradient descent (optionally with momentum); see :mod:`torchstep.algorithms.sgd`."""
 
     _load_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}  # what torch's __setstate__ fills in
+    _step_paths = check.StepPaths(fused="sgd")  # torch checks these flags at the step
 
     algorithm = SGD_ALGORITHM
 

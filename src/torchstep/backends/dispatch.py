@@ -61,6 +61,11 @@ def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
         return False, None
     if group.get("differentiable", False):
         return False, "differentiable=True needs autograd to record the update"
+    if torch.is_grad_enabled():
+        # a group with differentiable=False in an optimizer whose defaults say True: the step
+        # runs with autograd on, as torch's does, so the in-place update of a leaf that requires
+        # grad fails there as in torch
+        return False, None
     if _forced[-1] != "triton" and cpu_kernel.compiler() is None:
         return False, "no C compiler found (set $CC or install gcc/clang)"
     return True, None

@@ -1,4 +1,5 @@
-"""The one place constructor arguments are validated.
+"""The one place arguments are validated: the constructors' (and ``step_flags``, torch's checks
+of a group's implementation flags, which it makes only when a step picks the group's path).
 
 Every message keeps torch.optim's wording first (so code that matches torch's messages keeps
 working) and then names the argument, the value it got and what is allowed.
@@ -7,6 +8,7 @@ working) and then names the argument, the value it got and what is allowed.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +17,7 @@ __all__ = [
     "at_least", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
     "no_tensor_hyper_with_foreach", "should_be", "one_of", "whole_number", "dense_real", "pair",
     "betas_sequence", "callable_or_none", "positive_int_or_none", "not_below", "item", "alpha_number",
-    "flag", "holds", "history_length", "fused_param",
+    "flag", "holds", "history_length", "fused_param", "StepPaths", "step_flags",
 ]
 
 
@@ -230,3 +232,91 @@ def positive_int_or_none(value: Any, name: str) -> None:
     """Require None or an integer >= 1 (a number of steps)."""
     if value is not None:
         whole_number(value, name, 1)
+
+
+@dataclass(frozen=True)
+class StepPaths:
+    """The implementation paths (``foreach`` / ``fused``) a torch.optim class has, for the checks
+    torch makes on a group's flags only when its step picks the group's path (:func:`step_flags`).
+
+    ``foreach``: "always" when torch's foreach path refuses ``differentiable=True`` even for a group
+    without gradients (Adagrad, Adadelta, Adamax), "with_grads" when only a group with some
+    gradient reaches that check, None when the class has no such check (SGD).
+    ``fused``: whose fused kernel the class has ("adam", "adagrad", "sgd"), or None.
+    ``foreach_tensor_hypers``: the foreach path refuses a tensor ``lr`` / ``betas`` unless
+    ``capturable=True`` (Adam, AdamW).
+    """
+
+    foreach: str | None = None
+    fused: str | None = None
+    foreach_tensor_hypers: bool = False
+
+
+def _on(group: dict, key: str) -> bool:
+    try:
+        return bool(group.get(key))
+    except RuntimeError:  # a multi-element tensor: the constructor refuses it in defaults
+        return True
+
+
+def step_flags(paths: StepPaths, group: dict, index: int, *, sparse_ok: bool) -> None:
+    """Refuse a group's flags the way torch's step does when it picks the group's path: the
+    group's own ``foreach`` / ``fused`` / ``differentiable`` (and tensor hyperparameters), which
+    the constructor only checks in the defaults. Called at the group's turn in ``step``, so the
+    groups before it have been updated, as in torch. The exception types are torch's.
+    ``sparse_ok``: the class takes sparse gradients (otherwise its own refusal of one comes
+    first, as torch gathers the gradients before it picks the path)."""
+    fused = paths.fused is not None and _on(group, "fused")
+    foreach = _on(group, "foreach")
+    if paths.fused == "sgd":
+        fused = fused and not foreach  # SGD's foreach path wins over its fused one
+    foreach = paths.foreach is not None and foreach and not fused
+    if not (fused or foreach):
+        return
+    grads = [p.grad for p in group["params"] if p.grad is not None]
+    if not sparse_ok and any(g.is_sparse for g in grads):
+        return
+    where = f"parameter group {index}"
+    differentiable = _on(group, "differentiable")
+    if foreach and differentiable and paths.foreach == "always":
+        raise AssertionError(
+            f"_foreach ops don't support autograd ({where} has foreach=True and differentiable=True; "
+            "set foreach=False or None there for a differentiable step)"
+        )
+    if not grads:
+        return
+    # torch's Adam refuses a tensor lr with foreach=True as it gathers the gradients, whichever
+    # path then runs (fused included); tensor betas only on the foreach path itself
+    if _on(group, "foreach") and paths.foreach_tensor_hypers and not _on(group, "capturable"):
+        if isinstance(group.get("lr"), torch.Tensor):
+            raise RuntimeError(
+                f"lr as a Tensor is not supported for capturable=False and foreach=True ({where} has "
+                f"lr={group['lr']!r} and foreach=True; give lr as a float, or set foreach=False there)"
+            )
+    if foreach and paths.foreach_tensor_hypers and not _on(group, "capturable"):
+        betas = group.get("betas")
+        for i, beta in enumerate(betas if isinstance(betas, (tuple, list)) else ()):
+            if isinstance(beta, torch.Tensor):
+                raise ValueError(
+                    f"beta{i + 1} as a Tensor is not supported for capturable=False and foreach=True "
+                    f"({where} has betas[{i}]={beta!r} and foreach=True; give betas as floats, or set "
+                    "foreach=False there)"
+                )
+    if foreach and differentiable:
+        raise AssertionError(
+            f"_foreach ops don't support autograd ({where} has foreach=True and differentiable=True; "
+            "set foreach=False or None there for a differentiable step)"
+        )
+    if fused and paths.fused in ("adagrad", "sgd"):
+        for g in grads:
+            if g.is_sparse or (paths.fused == "adagrad" and g.is_complex()):
+                raise RuntimeError(
+                    f"`fused` does not support sparse grad or complex param ({where} has fused=True and a "
+                    f"{'sparse' if g.is_sparse else 'complex'} gradient of shape {tuple(g.shape)}; set "
+                    "fused=False there)"
+                )
+    if fused and differentiable and paths.fused in ("adam", "adagrad"):
+        raise RuntimeError(
+            f"`fused` does not support `differentiable` ({where} has fused=True and differentiable=True; "
+            "set one of them to False there)"
+        )

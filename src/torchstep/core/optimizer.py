@@ -112,6 +112,9 @@ class Optimizer(torch.optim.Optimizer):
     # missing and the step reading it raises KeyError, as in torch. None: every option that has
     # a default (the algorithms torch does not have, and custom subclasses).
     _load_defaults: dict[str, Any] | None = None
+    # torch's implementation paths of this class, whose checks of a group's flags torch makes at
+    # the step (``check.step_flags``); None for a class torch.optim does not have
+    _step_paths: Any = None
 
     @property
     def _step_supports_amp_scaling(self) -> bool:  # GradScaler hands us grad_scale / found_inf
@@ -228,7 +231,9 @@ class Optimizer(torch.optim.Optimizer):
         if self.algorithm is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither `algorithm` nor `step`")
         from ..backends import dispatch
+        from . import check
 
+        paths = self._step_paths
         self._check_step()
         loss = None
         if closure is not None:
@@ -242,7 +247,9 @@ class Optimizer(torch.optim.Optimizer):
         # the option itself, as torch passes it: a value that is not a bool is a TypeError here
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
-            for group in self.param_groups:
+            for index, group in enumerate(self.param_groups):
+                if paths is not None:
+                    check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
                 keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
                 known = None if keeps_state else {p for p in group["params"] if p in self.state}
                 dispatch.step_group(self, self._backend_group(group), grad_scale, plans_of=group)
@@ -295,18 +302,24 @@ class Optimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state in torch's format: ``{"state": {int: {...}}, "param_groups": [...]}``.
 
-        Parameters are numbered in group order; each group lists its parameters' numbers under
+        Parameters are numbered by position in group order, as torch numbers them (a duplicate
+        in a group takes its last position's number); each group lists its parameters' numbers under
         ``params`` (and their names under ``param_names`` where names were given).
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        # torch's numbering: a group's positions start after every earlier group's length
+        # (duplicates included); a parameter listed twice in one group takes its last position,
+        # one already numbered in an earlier group keeps that number
         index: dict[int, int] = {}
         groups = []
+        start = 0
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
-            for p in group["params"]:
-                index.setdefault(id(p), len(index))
+            fresh = {id(p): i for i, p in enumerate(group["params"], start) if id(p) not in index}
+            index.update(fresh)
             packed["params"] = [index[id(p)] for p in group["params"]]
+            start += len(packed["params"])
             groups.append(packed)
         state = {
             (index[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
@@ -461,24 +474,47 @@ class Optimizer(torch.optim.Optimizer):
                         checked.add(p)
 
     def _check_loaded_state(self) -> None:
-        """First step of a parameter after ``load_state_dict``: a state that is not empty must
-        hold every entry the algorithm keeps (torch raises KeyError at the step otherwise; an
-        empty one starts afresh). Algorithms with ``lazy_state`` create what is missing."""
+        """A parameter's state that is not empty must hold every entry the algorithm keeps for its
+        group's current options (torch raises KeyError at the step otherwise; an empty one starts
+        afresh). That can fail only for a state loaded by ``load_state_dict``, or after an option
+        that adds a state entry (Adam's ``amsgrad``, RMSprop's ``momentum`` / ``centered``) was
+        set by hand: such parameters are checked at their next step with a gradient. A group's
+        state names are compared with the previous step's, so the common step checks nothing per
+        parameter. Algorithms with ``lazy_state`` create what is missing."""
         if self.__dict__.pop("_loaded_groups_unchecked", False):
             for group in self.param_groups:
                 for key in _WRAPPER_OPTIONS:
                     if key in self.defaults and isinstance(group, _LoadedGroup):
                         group[key]  # noqa: B018 -- KeyError (from __missing__) when the load lacked it
+        algo = self.algorithm
+        if algo is None or algo.lazy_state:
+            return
         unchecked = self.__dict__.get("_loaded_unchecked")
+        # (group, its state names) at the previous step, by position
+        seen = self.__dict__.setdefault("_state_names_seen", [])
+        del seen[len(self.param_groups):]
+        for i, group in enumerate(self.param_groups):
+            try:
+                names = algo.state_names(group)
+            except KeyError:  # an option missing from a loaded group: the update names it
+                names = None
+            if i == len(seen):
+                seen.append((group, names))
+                continue
+            before_group, before = seen[i]
+            if before_group is group and before != names and names is not None:
+                if unchecked is None:
+                    unchecked = self._loaded_unchecked = set()
+                unchecked.update(p for p in group["params"] if self.state.get(p))
+            seen[i] = (group, names)
         if not unchecked:
             return
-        algo = self.algorithm
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 if p.grad is None or p not in unchecked:
                     continue
                 st = self.state.get(p)
-                if st and algo is not None and not algo.lazy_state:
+                if st:
                     names = (("step",) if algo.counts_steps else ()) + tuple(algo.state_names(group))
                     for key in names:
                         if key not in st:
@@ -529,9 +565,10 @@ _WRAPPER_OPTIONS = ("weight_decay", "maximize", "decoupled_weight_decay")
 
 def _missing_state(key: str, group: int, index: int, state: dict) -> KeyError:
     return KeyError(
-        f"{key!r} (the loaded state of parameter {index} of group {group} has no {key!r}; it "
-        f"holds {sorted(map(str, state))} -- a state_dict of another optimizer class, or an "
-        "incomplete one)"
+        f"{key!r} (the state of parameter {index} of group {group} has no {key!r}; it holds "
+        f"{sorted(map(str, state))} -- an option that needs {key!r} was turned on after the "
+        "parameter's first step (set it before the first step, or clear optimizer.state[p]), or "
+        "the state was loaded from a state_dict of another optimizer class or an incomplete one)"
     )
 
 
