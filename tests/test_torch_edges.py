@@ -609,3 +609,20 @@ def test_unvalidated_group_options_compute_as_torch(name, group, kwargs, backend
             got = run(ts_optim)
     for w, g in zip(want, got):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam",
+                                  "RAdam", "ASGD", "Rprop"])
+def test_group_lr_of_several_elements_raises_like_torch(name):
+    """A group's own lr given as a 2-element tensor (never validated, as in torch): the step
+    raises torch's exception type (the fused path leaves such a group to the per-tensor one)."""
+    raised = []
+    for module in (torch.optim, ts_optim):
+        p, q = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+        opt = getattr(module, name)([{"params": [p]}, {"params": [q], "lr": torch.tensor([0.1, 0.2])}])
+        p.grad, q.grad = torch.ones(3), torch.ones(3)
+        with pytest.raises(Exception) as info:
+            opt.step()
+        raised.append(info.type)
+    assert raised[1] is raised[0]

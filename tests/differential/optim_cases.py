@@ -644,6 +644,14 @@ def _documented_early_rejection(cfg: Config, err: Exception) -> bool:
     return False
 
 
+def _fused_sgd_late_buffer(cfg: Config, err: Exception) -> bool:
+    """README 'Known differences': torch's fused SGD with momentum raises TypeError when a
+    parameter gets its first gradient after others of its group already have momentum buffers
+    (its buffer list then holds None); torchstep creates that buffer and steps."""
+    fused = any(o.get("fused") for o in [cfg.defaults] + [g["options"] for g in cfg.groups])
+    return cfg.cls == "SGD" and fused and isinstance(err, TypeError) and "but got NoneType" in str(err)
+
+
 def _sqrt_amplified(cfg: Config) -> bool:
     """README 'Known differences' (torch's CPU ``sqrt``): RMSprop with ``centered=True`` and
     ``alpha=0`` takes the square root of ``square_avg - grad_avg**2``, which is pure rounding error
@@ -834,6 +842,9 @@ def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
         t_err, o_err = errs[0], errs[1]
         if verbose:
             print(f"-- step {step}: torch {'raised ' + repr(t_err) if t_err else 'ok'}, ours {'raised ' + repr(o_err) if o_err else 'ok'}")
+        if t_err is not None and o_err is None and _fused_sgd_late_buffer(cfg, t_err):
+            return Outcome(cls, cfg.seed, "pass", "README: torch's fused SGD fails on a late first gradient",
+                           attempts, cfg, step)
         if t_err is not None:
             if o_err is None:
                 return fail(step, f"torch raised {type(t_err).__name__} at step(): {t_err}\nours did not raise",

@@ -66,6 +66,10 @@ def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
         # runs with autograd on, as torch's does, so the in-place update of a leaf that requires
         # grad fails there as in torch
         return False, None
+    if any(isinstance(v, torch.Tensor) and v.numel() != 1 for k, v in group.items() if k != "params"):
+        # a hyperparameter tensor of several elements is no kernel scalar: the tensor-by-tensor
+        # path meets it as torch's does (and raises what torch raises)
+        return False, None
     if _forced[-1] != "triton" and cpu_kernel.compiler() is None:
         return False, "no C compiler found (set $CC or install gcc/clang)"
     return True, None
