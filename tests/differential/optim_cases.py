@@ -475,6 +475,14 @@ def _dense64(v: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float64) if v.is_floating_point() else v
 
 
+def _cancellation(cfg: Config) -> float:
+    """1 / (1 - beta) for the largest beta drawn: how much rounding ``beta`` to float32 grows in
+    ``1 - beta**t`` (torch's differentiable path computes its bias corrections in float32)."""
+    betas = [float(b) for o in [cfg.defaults] + [g["options"] for g in cfg.groups]
+             for b in (o.get("betas") or ()) if isinstance(b, (int, float, torch.Tensor)) and float(b) < 1]
+    return 1.0 / (1.0 - max(betas, default=0.9))
+
+
 def _close(path, ref, others, ours, eps, n, scales: Scales):
     """True if ``ours`` matches a torch path or lies in their envelope widened by the rule's tol."""
     r = _dense64(ref)
@@ -535,7 +543,8 @@ def compare(ref: dict, ours: dict, others: list[dict], cfg: Config, n: int, scal
         exact = in_groups or (path[-1] == "step") or isinstance(r, (bool, int, str, type(None)))
         if isinstance(r, torch.Tensor):
             if widen and r.is_floating_point():
-                eps_floor = torch.finfo(torch.float32).eps
+                # 1 - beta**t rounded to float32 loses log10(1 / (1 - beta)) digits to cancellation
+                eps_floor = torch.finfo(torch.float32).eps * _cancellation(cfg)
             else:
                 eps_floor = 0.0
             if path == ("return",) and r.is_floating_point():

@@ -53,6 +53,13 @@ def _warn_once(opt: Any, reason: str) -> None:
         warnings.warn(f"{type(opt).__name__}: fused step unavailable ({reason}); using the reference path", stacklevel=4)
 
 
+def _not_a_scalar(value: Any) -> bool:
+    """A tensor hyperparameter (or one inside a pair such as ``betas``) of other than one element."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() != 1
+    return isinstance(value, tuple) and any(isinstance(v, torch.Tensor) and v.numel() != 1 for v in value)
+
+
 def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
     """(take the fused path?, the reason to warn about when not)."""
     if _forced[-1] == "reference":
@@ -66,7 +73,7 @@ def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
         # runs with autograd on, as torch's does, so the in-place update of a leaf that requires
         # grad fails there as in torch
         return False, None
-    if any(isinstance(v, torch.Tensor) and v.numel() != 1 for k, v in group.items() if k != "params"):
+    if any(_not_a_scalar(v) for k, v in group.items() if k != "params"):
         # a hyperparameter tensor of several elements is no kernel scalar: the tensor-by-tensor
         # path meets it as torch's does (and raises what torch raises)
         return False, None
