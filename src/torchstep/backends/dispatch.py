@@ -53,11 +53,18 @@ def _warn_once(opt: Any, reason: str) -> None:
         warnings.warn(f"{type(opt).__name__}: fused step unavailable ({reason}); using the reference path", stacklevel=4)
 
 
-def _not_a_scalar(value: Any) -> bool:
-    """A tensor hyperparameter (or one inside a pair such as ``betas``) of other than one element."""
-    if isinstance(value, torch.Tensor):
-        return value.numel() != 1
-    return isinstance(value, tuple) and any(isinstance(v, torch.Tensor) and v.numel() != 1 for v in value)
+def _has_non_scalar_tensor(group: dict, options: dict) -> bool:
+    """Whether an option of ``group`` (a key of ``options``, the optimizer's defaults; a user's
+    own keys are left alone) is a tensor, or holds one as ``betas`` may, of other than one element."""
+    for key in options:
+        value = group.get(key)
+        kind = type(value)
+        if kind is tuple:
+            if any(isinstance(v, torch.Tensor) and v.numel() != 1 for v in value):
+                return True
+        elif kind is not list and isinstance(value, torch.Tensor) and value.numel() != 1:
+            return True
+    return False
 
 
 def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
@@ -73,7 +80,7 @@ def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
         # runs with autograd on, as torch's does, so the in-place update of a leaf that requires
         # grad fails there as in torch
         return False, None
-    if any(_not_a_scalar(v) for k, v in group.items() if k != "params"):
+    if _has_non_scalar_tensor(group, opt.defaults):
         # a hyperparameter tensor of several elements is no kernel scalar: the tensor-by-tensor
         # path meets it as torch's does (and raises what torch raises)
         return False, None

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import array
 import collections
+import itertools
+import operator
 import ctypes
 import dataclasses
 import functools
@@ -51,9 +53,9 @@ class CKernel:
         the per-tensor scalars (float64); ``sums``: (reductions, chunks) float64 output, if any."""
         table_of_tables = (ctypes.c_int64 * len(tables))(*(t.data_ptr() for t in tables))
         chunk_t, chunk_s, chunk_n = _chunks(sizes, cpu_kernel.CHUNK)
-        self.lib.step(len(chunk_t), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(), table_of_tables,
+        self.lib.step(chunk_t.numel(), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(), table_of_tables,
                       (ctypes.c_double * len(args))(*args), None if sums is None else sums.data_ptr(),
-                      min(torch.get_num_threads(), len(chunk_t)))  # no idle threads to wait for
+                      min(torch.get_num_threads(), chunk_t.numel()))  # no idle threads to wait for
 
 
 class TritonKernel:
@@ -260,11 +262,17 @@ def step_group(opt: Any, group: dict, cache: dict, grad_scale=None,
     with any state this step created removed again, so they see exactly one step."""
     algo = opt.algorithm
     names = algo.elementwise_names(group)
-    with_grad = [p for p in group["params"] if p.grad is not None]
+    every = group["params"]
+    all_grads = list(map(plan_mod.grad_of, every))
+    if not all(map(operator.is_not, all_grads, itertools.repeat(None))):
+        with_grad = [p for p, g in zip(every, all_grads) if g is not None]
+        all_grads = [g for g in all_grads if g is not None]
+    else:
+        with_grad = list(every)
     plan = cache.get("plan")
     grads = None
     if plan is not None and plan.names == names and plan.force_triton == force_triton:
-        grads = plan.still_valid(with_grad)
+        grads = plan.still_valid(with_grad, all_grads)
     if grads is None:
         cache.pop("plan", None)
         plan = _build_plan(opt, group, with_grad, names, force_triton)

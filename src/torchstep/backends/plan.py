@@ -27,7 +27,7 @@ import torch
 _T = torch.Tensor
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
-_grad_of = operator.attrgetter("grad")
+grad_of = _grad_of = operator.attrgetter("grad")
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _PLAIN_SET = frozenset(_PLAIN_TYPES)
 
@@ -199,9 +199,10 @@ class Plan:
         self.grad_ptrs: list[int] = []
         self._nbytes = [t.numel() * t.element_size() for t in self.params]
 
-    def still_valid(self, with_grad: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    def still_valid(self, with_grad: list[torch.Tensor], their_grads: list | None = None) -> list[torch.Tensor] | None:
         """The per-step check (see the module docstring); returns the fused parameters'
-        gradients when every cached pointer still holds, else None (rebuild)."""
+        gradients when every cached pointer still holds, else None (rebuild). ``their_grads``:
+        the gradients of ``with_grad``, when the caller has them already."""
         if len(with_grad) != len(self.with_grad) or not all(map(operator.is_, with_grad, self.with_grad)):
             return None
         params, columns = self.params, self.columns
@@ -216,7 +217,10 @@ class Plan:
         for held, n in zip(self.held_counters, self.counted):
             if not all(map(operator.is_, map(dict.get, states, itertools.repeat(n)), held)):
                 return None
-        grads = list(map(_grad_of, params))
+        if their_grads is not None and len(params) == len(with_grad):  # all fused: the usual case
+            grads = their_grads
+        else:
+            grads = list(map(_grad_of, params))
         if not set(map(type, grads)) <= _PLAIN_SET:
             return None
         try:
