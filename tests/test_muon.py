@@ -129,11 +129,23 @@ def test_non_integer_ns_steps_is_a_type_error():
         ts_optim.Muon(_matrix(), ns_steps=2.5)
 
 
-def test_added_group_must_hold_matrices():
-    opt = ts_optim.Muon(_matrix())
-    with pytest.raises(ValueError, match="Muon only supports 2D parameters"):
-        opt.add_param_group({"params": [torch.zeros(4, requires_grad=True)]})
-    assert len(opt.param_groups) == 1
+def test_added_group_of_vectors_fails_at_the_step_like_torch():
+    """torch checks the constructor's parameters only; a vector added later is accepted and its
+    gradient is refused at the step, with the same exception type."""
+    outcomes = []
+    for module in (torch.optim, ts_optim):
+        w = torch.randn(4, 3, requires_grad=True)
+        opt = module.Muon([w])
+        with pytest.raises(ValueError):
+            module.Muon([w, torch.zeros(4, requires_grad=True)])
+        v = torch.zeros(4, requires_grad=True)
+        opt.add_param_group({"params": [v]})
+        opt.step()  # no gradient on the vector: nothing to refuse
+        w.grad, v.grad = torch.ones(4, 3), torch.ones(4)
+        with pytest.raises(ValueError, match="2D matrix") as info:
+            opt.step()
+        outcomes.append(info.type)
+    assert outcomes[0] is outcomes[1]
 
 
 @pytest.mark.parametrize("kind", ["complex", "sparse"])

@@ -650,6 +650,10 @@ def _documented_early_rejection(cfg: Config, err: Exception) -> bool:
                 return True
         if cfg.cls == "Muon" and o.get("eps", 0) < 0 and isinstance(err, ValueError):
             return True
+        coefficients = o.get("ns_coefficients")
+        if cfg.cls == "Muon" and isinstance(coefficients, (tuple, list)) and len(coefficients) != 3 \
+                and isinstance(err, ValueError):  # README: Muon's ns_coefficients rejected at construction
+            return True
     return False
 
 

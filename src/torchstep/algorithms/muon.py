@@ -105,16 +105,11 @@ class Muon(PerTensorOptimizer):
             eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
         )
         super().__init__(params, defaults)
-
-    def add_param_group(self, param_group: dict) -> None:
-        """Add a group; every parameter in it must be a 2-D matrix."""
-        super().add_param_group(param_group)
-        try:
-            for p in param_group["params"]:
+        # as torch: the parameters given here are checked now; a group added later is checked
+        # when its gradients reach the step (``update_group``)
+        for group in self.param_groups:
+            for p in group["params"]:
                 require_matrix(p)
-        except ValueError:
-            self.param_groups.pop()
-            raise
 
     def init_state(self, p: torch.Tensor, group: dict) -> dict:
         return {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)}
@@ -122,4 +117,9 @@ class Muon(PerTensorOptimizer):
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         hyper = {k: group[k] for k in ("weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")}
         for p in params:
+            if p.grad.ndim != 2:
+                raise ValueError(
+                    f"Param gradient must be a 2D matrix (a parameter of shape {tuple(p.shape)} reached Muon's "
+                    "step; Muon optimizes 2-D matrices only)"
+                )
             muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=plain(group["lr"]), **hyper)
