@@ -781,8 +781,6 @@ def _run(cfg: Config, verbose: bool, attempts: int) -> Outcome:
             variants.append(v)
     drawn_groups = [dict(cfg.defaults, **g["options"]) for g in cfg.groups]
 
-    oracle_keys = ("capturable", "foreach") if forloop else ("capturable",)
-
     def expect_groups(gi, key, torch_value):
         # the oracle could not run the drawn capturable (and foreach) flags; ours shows them
         if gi < len(drawn_groups) and drawn_groups[gi].get("capturable") and (
