@@ -171,11 +171,7 @@ def can_fuse(p: torch.Tensor, g: torch.Tensor, force_triton: bool = False) -> bo
 
 def param_index(opt: Any, p: torch.Tensor) -> int:
     """``p``'s number in ``state_dict()`` (for error messages)."""
-    seen: dict[int, int] = {}
-    for group in opt.param_groups:
-        for q in group["params"]:
-            seen.setdefault(id(q), len(seen))
-    return seen.get(id(p), -1)
+    return opt._param_numbers().get(id(p), -1)
 
 
 def _forget(opt: Any, p: torch.Tensor, created: list[str]) -> None:
@@ -228,9 +224,8 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         keep = [i for i in range(len(params)) if i not in shared]
         params, states, firsts, created = ([xs[i] for i in keep] for xs in (params, states, firsts, created))
     counted = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
-    plan = Plan(with_grad, params, leftover, states, names=names, counted=counted, firsts=firsts)
-    plan.created = created
-    plan.force_triton = force_triton
+    plan = Plan(with_grad, params, leftover, states, names=names, counted=counted, firsts=firsts, created=created,
+                force_triton=force_triton)
     if params and counted:
         plan.counters.attach(counted, params, states)
     by_kind: dict[tuple, list[int]] = {}

@@ -28,7 +28,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-_private_fallback: list[Path] = []
+_private: dict = {"dir": None, "warned": False}  # this process's private fallback cache, once made
 # descriptors of loaded libraries stay open: the dynamic loader knows a library by the name it was
 # opened under, and a closed descriptor's number (so its /proc/self/fd name) would be reused
 _kept_open: list[int] = []
@@ -58,9 +58,9 @@ def _unsafe(st: os.stat_result, is_dir: bool) -> str | None:
 
 
 def _private_temp() -> Path:
-    if not _private_fallback:
-        _private_fallback.append(Path(tempfile.mkdtemp(prefix="torchstep-kernels-")))  # mode 0700
-    return _private_fallback[0]
+    if _private["dir"] is None:
+        _private["dir"] = Path(tempfile.mkdtemp(prefix="torchstep-kernels-"))  # mode 0700
+    return _private["dir"]
 
 
 class KernelCache:
@@ -83,7 +83,7 @@ class KernelCache:
                 problem = _unsafe(os.lstat(root), is_dir=True)
         except OSError as exc:
             problem = f"cannot be created ({exc.strerror or exc})"
-        if problem is None and not _private_fallback:
+        if problem is None and _private["dir"] is None:
             return cls(root)
         return cls.private(f"{root} is {problem}" if problem else "")
 
@@ -91,8 +91,8 @@ class KernelCache:
     def private(cls, why: str) -> "KernelCache":
         """This process's private temporary cache (mode 0700), with one warning saying ``why``."""
         fallback = _private_temp()
-        if why and len(_private_fallback) == 1:
-            _private_fallback.append(fallback)
+        if why and not _private["warned"]:
+            _private["warned"] = True
             warnings.warn(f"torchstep kernel cache {why}; using the private directory {fallback} for this "
                           "process instead", stacklevel=3)
         return cls(fallback)

@@ -9,7 +9,7 @@ tensor the kernel will touch (parameters, gradients, every state tensor) with wh
 recorded -- data pointer, strides, size, dtype, device (contiguity, the only layout the
 kernels take, follows), and the identity of the state tensors (``load_state_dict`` replaces them) -- and
 checks that no gradient overlaps memory the kernel writes. Anything else rebuilds the plan, and
-the build refuses what the kernel must never see (:func:`fusable`, :func:`check_state_shape`,
+the build refuses what the kernel must never see (:func:`is_plain`, :func:`check_state_shape`,
 :func:`overlapping`).
 """
 
@@ -27,7 +27,7 @@ import torch
 _T = torch.Tensor
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
-grad_of = _grad_of = operator.attrgetter("grad")
+grad_of = operator.attrgetter("grad")
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 _PLAIN_SET = frozenset(_PLAIN_TYPES)
 
@@ -189,6 +189,8 @@ class Plan:
     columns: list[Column] = field(default_factory=list)  # params, then one per name in ``names``
     held_counters: list[list] = field(default_factory=list)  # counter objects, for identity checks
     written: Written | None = None
+    created: list[list[str]] = field(default_factory=list)  # state keys the build created, per fused parameter
+    force_triton: bool = False  # built for Triton kernels on CPU tensors (the tests' interpreter mode)
 
     def seal(self) -> None:
         """Record the metadata every later step is checked against."""
@@ -220,7 +222,7 @@ class Plan:
         if their_grads is not None and len(params) == len(with_grad):  # all fused: the usual case
             grads = their_grads
         else:
-            grads = list(map(_grad_of, params))
+            grads = list(map(grad_of, params))
         if not set(map(type, grads)) <= _PLAIN_SET:
             return None
         try:

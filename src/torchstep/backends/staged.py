@@ -68,8 +68,7 @@ class StagePlan(Plan):
             leftover += [params[i] for i in sorted(shared)]
             params = [p for i, p in enumerate(params) if i not in shared]
             states = [opt.state[p] for p in params]
-        plan = cls(with_grad, params, leftover, states, names=names)
-        plan.force_triton = force_triton
+        plan = cls(with_grad, params, leftover, states, names=names, force_triton=force_triton)
         plan.seal()
         return plan
 

@@ -308,18 +308,11 @@ class Optimizer(torch.optim.Optimizer):
         """
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
-        # torch's numbering: a group's positions start after every earlier group's length
-        # (duplicates included); a parameter listed twice in one group takes its last position,
-        # one already numbered in an earlier group keeps that number
-        index: dict[int, int] = {}
+        index = self._param_numbers()
         groups = []
-        start = 0
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
-            fresh = {id(p): i for i, p in enumerate(group["params"], start) if id(p) not in index}
-            index.update(fresh)
             packed["params"] = [index[id(p)] for p in group["params"]]
-            start += len(packed["params"])
             groups.append(packed)
         state = {
             (index[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
@@ -330,6 +323,18 @@ class Optimizer(torch.optim.Optimizer):
             if new is not None:
                 result = new
         return result
+
+    def _param_numbers(self) -> dict[int, int]:
+        """Each parameter's number in ``state_dict()``, by ``id``, as torch numbers them: a
+        group's positions start after every earlier group's length (duplicates included); a
+        parameter listed twice in one group takes its last position, one already numbered in an
+        earlier group keeps that number."""
+        index: dict[int, int] = {}
+        start = 0
+        for group in self.param_groups:
+            index.update({id(p): i for i, p in enumerate(group["params"], start) if id(p) not in index})
+            start += len(group["params"])
+        return index
 
     @staticmethod
     def _cast_state_value(p: torch.Tensor, value: Any, key: Any, group: dict) -> Any:
