@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -614,15 +615,51 @@ def test_unvalidated_group_options_compute_as_torch(name, group, kwargs, backend
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam",
                                   "RAdam", "ASGD", "Rprop"])
-def test_group_lr_of_several_elements_raises_like_torch(name):
-    """A group's own lr given as a 2-element tensor (never validated, as in torch): the step
-    raises torch's exception type (the fused path leaves such a group to the per-tensor one)."""
+@pytest.mark.parametrize("key", ["lr", "weight_decay"])
+@pytest.mark.parametrize("foreach", [None, True])
+def test_group_hyper_of_several_elements_raises_like_torch(name, key, foreach):
+    """A group's own lr / weight_decay given as a 2-element tensor (never validated, as in torch):
+    the step raises torch's exception type -- which depends on the path the group's ``foreach``
+    picks in torch (the fused path leaves such a group to the per-tensor one). Rprop has no
+    weight_decay: there the key is the user's own and the step runs."""
     raised = []
     for module in (torch.optim, ts_optim):
         p, q = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
-        opt = getattr(module, name)([{"params": [p]}, {"params": [q], "lr": torch.tensor([0.1, 0.2])}])
+        opt = getattr(module, name)([{"params": [p]}, {"params": [q], key: torch.tensor([0.1, 0.2])}],
+                                    foreach=foreach)
         p.grad, q.grad = torch.ones(3), torch.ones(3)
-        with pytest.raises(Exception) as info:
+        try:
             opt.step()
-        raised.append(info.type)
+            raised.append(None)
+        except Exception as exc:  # noqa: BLE001 -- the type is what is compared
+            raised.append(type(exc))
     assert raised[1] is raised[0]
+
+
+@pytest.mark.parametrize("name,kwargs", [("Rprop", {}), ("LBFGS", {}), ("SparseAdam", {})])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_user_keys_named_like_options_are_not_applied(name, kwargs, backend):
+    """``weight_decay`` / ``decoupled_weight_decay`` in the group of an algorithm that has no such
+    option are the user's own data: torch's step ignores them, so the update is the plain one."""
+    results = []
+    for module in (torch.optim, ts_optim):
+        torch.manual_seed(0)
+        p = torch.randn(50, requires_grad=True)
+        target = torch.randn(50) * 3
+        group = {"params": [p], "weight_decay": 5.0, "decoupled_weight_decay": True}
+        opt = getattr(module, name)([group], **kwargs)
+        for _ in range(3):
+            if name == "SparseAdam":
+                p.grad = (target * (p.detach() - 1)).to_sparse()
+                step = opt.step
+            else:
+                def closure():
+                    opt.zero_grad()
+                    loss = (p * target).sum() + (p ** 2).sum()
+                    loss.backward()
+                    return loss
+                step = lambda: opt.step(closure)  # noqa: E731
+            with dispatch.use(backend) if module is ts_optim else contextlib.nullcontext():
+                step()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)

@@ -44,8 +44,9 @@ NaN, infinities by sign) or lies in the envelope of the finite torch values wide
 
 with ``ULPS = 4``, ``eps`` the machine epsilon of the entry's dtype (float32 for Python floats in
 the state), ``n`` the number of updates so far (steps taken, times ``max_iter`` for LBFGS), ``t``
-the primary's whole tensor (``rms`` over its finite elements) and ``rms_prev`` the same entry's rms
-at the previous comparison (so a value that cancels to near zero keeps the scale of its inputs).
+the primary's whole tensor (``rms`` over its finite elements) and ``rms_prev`` the largest rms the
+same entry had at earlier comparisons (so a value that cancels to near zero keeps the scale of its
+inputs: a rounding error made while a parameter was at 30 stays there after it returns to 1).
 The spread between torch's own paths therefore sets the tolerance where torch disagrees with
 itself (the envelope is widened by its own width once), and only a few ulps per step where it does
 not. Other paths count by value even where their dtype differs from the primary's (a path that has
@@ -340,6 +341,20 @@ def _oracle_options(options: dict, forloop: bool = False) -> dict:
     return out
 
 
+def _standin(drawn: dict) -> dict:
+    """The flags the for-loop oracle runs for options ``drawn`` (defaults merged with a group's own)
+    that ask for ``capturable=True``. torch's multi-tensor path refuses ``differentiable=True``
+    with an AssertionError before it looks at anything capturable does; such a group keeps its
+    drawn flags, so torch raises that itself. Any other such group runs the for-loop stand-in."""
+    if not drawn.get("capturable"):
+        return {}
+    autograd = bool(drawn.get("foreach") and drawn.get("differentiable"))
+    out = {"capturable": autograd}
+    if "foreach" in drawn:
+        out["foreach"] = autograd
+    return out
+
+
 def _capturable_drawn(cfg) -> bool:
     return any(o.get("capturable") for o in [cfg.defaults] + [g["options"] for g in cfg.groups])
 
@@ -358,6 +373,8 @@ class Twin:
         defaults = _with_impl(cfg.defaults, impl if impl is not None else None)
         if oracle:
             defaults = _oracle_options(defaults, forloop and bool(cfg.defaults.get("capturable")))
+            if forloop and impl is None:
+                defaults.update(_standin(cfg.defaults))
         self.opt = getattr(lib, cfg.cls)(params_arg, **defaults)
 
     def _tensor(self, i):
@@ -378,6 +395,8 @@ class Twin:
             if (self.forloop and not capturable and self.impl is None and "foreach" not in opts
                     and "foreach" in self.cfg.defaults and self.cfg.defaults.get("capturable")):
                 opts["foreach"] = self.cfg.defaults["foreach"]
+            if self.forloop and self.impl is None:
+                opts.update(_standin({**self.cfg.defaults, **g["options"]}))
         return {"params": ps, **opts, **copy.deepcopy(g["extra"])}
 
     def add_group(self, g):
@@ -500,7 +519,7 @@ def _close(path, ref, others, ours, eps, n, scales: Scales):
     rms = float(rf.square().mean().sqrt())
     key = _sig_path(path)
     prev = scales.prev.get(path, 0.0)
-    scales.prev[path] = rms
+    scales.prev[path] = max(prev, rms)  # an error made at a large scale outlives the scale
     spread = torch.where(torch.isfinite(hi - lo), hi - lo, torch.zeros_like(lo))
     tol = spread + ULPS * eps * n * (rf.abs() + rms + prev)
     ok = exact | (torch.isfinite(o) & (o >= lo - tol) & (o <= hi + tol))
@@ -930,16 +949,29 @@ def _apply_event(ev, cfg, primary: Twin, ours: Twin, variants: list, drawn_group
             return Outcome(cfg.cls, cfg.seed, "fail", "diff", 1, cfg, None,
                            f"{cfg.cls}: load torch state_dict into ours: {type(oe).__name__}",
                            f"ours.load_state_dict(torch's state_dict) raised {type(oe).__name__}: {oe}")
-        # torch's own path goes on in a clone that loads the primary's state: ours, now on that
-        # path, is compared with it; the other torch paths go on undisturbed
-        clone = Twin(torch.optim, cfg, None, oracle=True, forloop=primary.forloop)
-        for i, p in primary.tensors.items():
-            with torch.no_grad():
-                clone.tensors[i].copy_(p)
-            clone.tensors[i].grad = None if p.grad is None else p.grad.clone()
-        _, ce = _try(lambda: clone.opt.load_state_dict(_through_disk(sd_t)))
-        if ce is None:
-            variants[:] = ([clone] + variants)[:5]
+        # torch's own paths go on in clones that load the primary's state (each keeping its own
+        # implementation switches: where torch's paths disagree, as with a duplicated parameter,
+        # ours is on one of them); the other torch paths go on undisturbed
+        clones = []
+        for impl in [None, *_impls(cfg.cls, cfg)]:
+            clone, err = _try(lambda: Twin(torch.optim, cfg, impl, oracle=True,
+                                           forloop=primary.forloop if impl is None else False))
+            if err is not None:
+                continue
+            for i, p in primary.tensors.items():
+                with torch.no_grad():
+                    clone.tensors[i].copy_(p)
+                clone.tensors[i].grad = None if p.grad is None else p.grad.clone()
+            sd_clone = _through_disk(sd_t)
+            for gi, g in enumerate(sd_clone["param_groups"]):
+                if impl is not None and gi < len(clone.opt.param_groups):
+                    for k in IMPL_KEYS:
+                        if k in clone.opt.param_groups[gi]:
+                            g[k] = clone.opt.param_groups[gi][k]
+            _, ce = _try(lambda: clone.opt.load_state_dict(sd_clone))
+            if ce is None:
+                clones.append(clone)
+        variants[:] = (clones + variants)[:8]
         # ours into torch (the primary keeps its own implementation switches)
         sd = _through_disk(sd_o)
         for gi, g in enumerate(sd["param_groups"]):

@@ -70,7 +70,7 @@ class Adagrad(Optimizer):
     """Adagrad; see :mod:`torchstep.algorithms.adagrad`."""
 
     _load_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}  # what torch's __setstate__ fills in
-    _step_paths = check.StepPaths(foreach="always", fused="adagrad")  # torch checks these flags at the step
+    _step_paths = check.StepPaths(foreach="always", fused="adagrad", foreach_lr_number=True)  # torch checks these flags at the step
 
     algorithm = ADAGRAD_ALGORITHM
 

@@ -61,7 +61,7 @@ class Adamax(Optimizer):
     """Adamax; see :mod:`torchstep.algorithms.adamax`."""
 
     _load_defaults = dict(LOAD_FLAGS)  # what torch's __setstate__ fills in
-    _step_paths = check.StepPaths(foreach="always")  # torch checks these flags at the step
+    _step_paths = check.StepPaths(foreach="always", foreach_lr_number=True)  # torch checks these flags at the step
 
     algorithm = ADAMAX_ALGORITHM
 

@@ -97,7 +97,7 @@ class NAdam(Optimizer):
     """NAdam; see :mod:`torchstep.algorithms.nadam`."""
 
     _load_defaults = {**LOAD_FLAGS, "decoupled_weight_decay": False}  # what torch's __setstate__ fills in
-    _step_paths = check.StepPaths(foreach="with_grads")  # torch checks these flags at the step
+    _step_paths = check.StepPaths(foreach="with_grads", foreach_lr_number=True)  # torch checks these flags at the step
 
     algorithm = NADAM_ALGORITHM
 

@@ -8,7 +8,7 @@ data pointers; after them one table of doubles per per-tensor scalar (read once 
 A program with reductions also writes, per chunk, the sum of squares of each reduced expression
 (or its plain sum, see :class:`~.trace.Summed`; accumulated in double) to ``sums[r * nchunks + chunk]``; the caller adds chunks up per tensor.
 
-Compilation uses the system C compiler (``$CC`` or ``cc``) with ``-O3 -march=native -fopenmp``;
+Compilation uses the system C compiler (``$CC`` or ``cc``) with ``-O3 -march=native -ffp-contract=off -fopenmp``;
 a kernel is compiled once per program and dtype and cached on disk, so later processes only load
 it. The cache trusts nothing it finds (:mod:`.kernel_cache`): a private directory, atomic writes,
 a content hash checked before a library is loaded. A compiler that fails is found out once per
@@ -39,7 +39,10 @@ from .trace import Program
 CHUNK = 1 << 15
 # -fno-math-errno lets sqrt vectorise; no -ffast-math: IEEE results, as torch's kernels give.
 # $TORCHSTEP_CFLAGS appends flags (part of the cache key).
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
+# -ffp-contract=off: a multiply followed by an add rounds twice, as torch's separate operations do
+# (GCC contracts them into one fused multiply-add by default); the update's own fused multiply-adds
+# are explicit ``fma`` calls, which the flag leaves alone
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-fno-math-errno", "-fPIC", "-shared"]
 # dtype -> (compute type, math-function suffix, storage type, load expression, store function)
 _C_TYPES = {
     torch.float32: ("float", "f", "float", "{}", ""),
@@ -84,7 +87,7 @@ def _which(cc: str) -> str | None:
 
 # C forms of the node kinds ({T}: compute type, {f}: math-function suffix). max/min propagate
 # NaN as torch.maximum does; lerp is torch's two-sided formula (a small weight steps from the
-# start, a large one back from the end).
+# start, a large one back from the end), each side one fused multiply-add as in torch's kernel.
 _C_FORMS = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
     "neg": "(-{0})", "fma": "fma{f}({0}, {1}, {2})", "sqrt": "sqrt{f}({0})", "abs": "fabs{f}({0})",
@@ -94,7 +97,7 @@ _C_FORMS = {
     "min": "(({0}) != ({0}) ? ({0}) : ({1}) != ({1}) ? ({1}) : (({0}) < ({1}) ? ({0}) : ({1})))",
     "gt": "(({T})({0} > {1}))", "lt": "(({T})({0} < {1}))", "eq": "(({T})({0} == {1}))",
     "where": "(({0}) != 0 ? ({1}) : ({2}))",
-    "lerp": "(fabs{f}({2}) < ({T})0.5 ? {0} + {2} * ({1} - {0}) : {1} - ({1} - {0}) * (({T})1 - {2}))",
+    "lerp": "(fabs{f}({2}) < ({T})0.5 ? fma{f}({2}, {1} - {0}, {0}) : fma{f}({0} - {1}, ({T})1 - {2}, {1}))",
 }
 
 

@@ -281,7 +281,7 @@ def step_group(opt: Any, group: dict, cache: dict, grad_scale=None,
     firsts, plan.firsts = plan.firsts, [False] * len(plan.params)  # state is new only once
     inv_scale = None if grad_scale is None else 1.0 / float(grad_scale.item())
     steps = [v + 1 for v in plan.counters.values("step")] if algo.counts_steps else None
-    held = [plan.counters.values(n) for n in algo.scalar_state]
+    held = [plan.counters.sharing_keys(n) for n in algo.scalar_state]
     work, failed, reasons = [], [], []
     for bucket in plan.buckets:
         for subset, step, first in _partition(bucket, steps, firsts, held):

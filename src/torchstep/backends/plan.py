@@ -154,6 +154,14 @@ class GroupCounters:
             return [float(t) for t in self.loose[name]]
         return self.buffers[name].tolist()
 
+    def sharing_keys(self, name: str) -> list:
+        """What must agree for parameters to share one advance of ``name``: its value, and in
+        the loose case its dtype too (a float32 ``mu_product`` rounds where a float64 one does
+        not, as each parameter's own does in torch)."""
+        if name in self.loose:
+            return [(float(t), t.dtype) for t in self.loose[name]]
+        return self.buffers[name].tolist()
+
     def broadcast(self, name: str, positions: list[int], source: torch.Tensor) -> None:
         """Copy one parameter's (just advanced) value to the others of its bucket."""
         if name in self.loose:

@@ -132,7 +132,8 @@ class Sym:
 
     def add(self, o, *, alpha=1):  # torch: one fused multiply-add, other * alpha + self
         return self._new("add", o) if _is_one(alpha) else _lift(self, o)._new("fma", alpha, self)
-    def sub(self, o, *, alpha=1): return self._new("sub", o if alpha == 1 else _times(o, alpha))
+    def sub(self, o, *, alpha=1):  # torch: the add of -alpha, one fused multiply-add
+        return self._new("sub", o) if _is_one(alpha) else self.add(o, alpha=-alpha)
     def mul(self, o): return self._new("mul", o)
     def div(self, o): return self._new("div", o)
     def neg(self): return self._new("neg")

@@ -245,11 +245,15 @@ class StepPaths:
     ``fused``: whose fused kernel the class has ("adam", "adagrad", "sgd"), or None.
     ``foreach_tensor_hypers``: the foreach path refuses a tensor ``lr`` / ``betas`` unless
     ``capturable=True`` (Adam, AdamW).
+    ``foreach_lr_number``: the foreach path reads ``lr`` as a Python number, so an ``lr`` tensor
+    of several elements (set in a group by hand) raises RuntimeError there (Adagrad, Adamax, NAdam;
+    their for-loop paths raise TypeError, as the tensor-by-tensor path does).
     """
 
     foreach: str | None = None
     fused: str | None = None
     foreach_tensor_hypers: bool = False
+    foreach_lr_number: bool = False
 
 
 def _on(group: dict, key: str) -> bool:
@@ -306,6 +310,12 @@ def step_flags(paths: StepPaths, group: dict, index: int, *, sparse_ok: bool) ->
         raise AssertionError(
             f"_foreach ops don't support autograd ({where} has foreach=True and differentiable=True; "
             "set foreach=False or None there for a differentiable step)"
+        )
+    lr = group.get("lr")
+    if foreach and paths.foreach_lr_number and isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise RuntimeError(
+            f"a Tensor with {lr.numel()} elements cannot be converted to Scalar ({where} has lr of "
+            f"shape {tuple(lr.shape)}; lr must be a float or a 1-element tensor)"
         )
     if fused and paths.fused in ("adagrad", "sgd"):
         for g in grads:

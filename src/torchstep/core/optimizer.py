@@ -252,7 +252,7 @@ class Optimizer(torch.optim.Optimizer):
                     check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
                 keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
                 known = None if keeps_state else {p for p in group["params"] if p in self.state}
-                dispatch.step_group(self, self._backend_group(group), grad_scale, plans_of=group)
+                dispatch.step_group(self, self._backend_group(self._own_options(group)), grad_scale, plans_of=group)
                 if known is not None:
                     self._drop_empty_state(group, known)
         return loss
@@ -273,6 +273,14 @@ class Optimizer(torch.optim.Optimizer):
     def _prepare_step(self, grad_scale: Any) -> None:
         """Called once per step after the closure (and only when the step goes ahead), before
         any group is updated: per-step work over all groups, e.g. a global gradient norm."""
+
+    def _own_options(self, group: dict) -> dict:
+        """``group`` without a user's own keys named like an option the shared wrappers read
+        (``weight_decay`` or ``maximize`` in the group of an algorithm that has no such option,
+        e.g. Rprop's ``weight_decay``): the user's data, which torch's step ignores."""
+        if not any(k in group and k not in self.defaults for k in _WRAPPER_OPTIONS):
+            return group
+        return {k: v for k, v in group.items() if k in self.defaults or k not in _WRAPPER_OPTIONS}
 
     def _backend_group(self, group: dict) -> dict:
         """What the backends see of ``group`` this step (called once per group per step, just
