@@ -971,7 +971,7 @@ def _apply_event(ev, cfg, primary: Twin, ours: Twin, variants: list, drawn_group
             _, ce = _try(lambda: clone.opt.load_state_dict(sd_clone))
             if ce is None:
                 clones.append(clone)
-        variants[:] = (clones + variants)[:8]
+        variants[:] = clones + variants  # all kept: ours may be on an older path (a duplicate, rounding)
         # ours into torch (the primary keeps its own implementation switches)
         sd = _through_disk(sd_o)
         for gi, g in enumerate(sd["param_groups"]):
