@@ -242,6 +242,7 @@ class Optimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
         # the option itself, as torch passes it: a value that is not a bool is a TypeError here
+        run_group = runner.group_runner()  # installed by torchstep.backends (see core/runner.py)
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for index, group in enumerate(self.param_groups):
@@ -249,7 +250,7 @@ class Optimizer(torch.optim.Optimizer):
                     check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
                 keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
                 known = None if keeps_state else {p for p in group["params"] if p in self.state}
-                runner.run_group(self, self._backend_group(self._own_options(group)), grad_scale, group)
+                run_group(self, self._backend_group(self._own_options(group)), grad_scale, group)
                 if known is not None:
                     self._drop_empty_state(group, known)
         return loss

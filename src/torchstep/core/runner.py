@@ -31,8 +31,9 @@ def install(run: GroupRunner) -> None:
     _installed[:] = [run]
 
 
-def run_group(opt: Any, group: dict, grad_scale: Any, plans_of: dict) -> None:
-    """Run one step of ``opt.algorithm`` over ``group`` with the installed runner."""
+def group_runner() -> GroupRunner:
+    """The installed runner (called directly by the step, so a warning's ``stacklevel`` counts
+    no frame of this module)."""
     if not _installed:
         raise RuntimeError("no torchstep backend is installed (import torchstep.backends before stepping)")
-    _installed[0](opt, group, grad_scale, plans_of)
+    return _installed[0]
