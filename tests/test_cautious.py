@@ -1,4 +1,4 @@
-"""The cautious stage (torchstep.core.cautious) on any increment-type algorithm: against the
+"""The cautious stage (torchstep.backends.cautious) on any increment-type algorithm: against the
 authors' formula written out for Adam/AdamW, AdEMAMix's whole-step mask (pytorch-optimizer masks
 only the fast term), exact increments where the parameter's precision would round them away,
 GradScaler, the gradient left as it was, and refusals."""
@@ -10,7 +10,7 @@ import torch
 
 import torchstep.optim as ts_optim
 from torchstep.backends import use
-from torchstep.core.cautious import make_cautious
+from torchstep.backends.cautious import make_cautious
 
 from helpers import make_params
 

@@ -3,6 +3,7 @@
 ``import torchstep.optim as optim`` is the one-line change for an existing training script.
 """
 
+from . import backends  # noqa: F401 -- installs the backends' group runner into core (torchstep.core.runner)
 from . import optim
 from .lr_finder import lr_find
 from .params import param_groups

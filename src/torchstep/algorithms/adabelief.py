@@ -39,7 +39,7 @@ step divides by :math:`\sqrt{\hat s_t}` (the package maintains :math:`\hat s` bu
 :math:`\sqrt{s_t}` there, so its amsgrad does nothing while rectification is on); the gradient
 tensor is never modified (the package adds L2 decay into ``p.grad`` in place); options are per
 group; ``fixed_decay`` and ``print_change_log`` are not offered, and nothing is printed.
-``cautious=True``: see :mod:`torchstep.core.cautious`.
+``cautious=True``: see :mod:`torchstep.backends.cautious`.
 Reference: Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in Observed
 Gradients" (NeurIPS 2020), arXiv:2010.07468.
 """
@@ -54,7 +54,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain, running_max_
+from ..core.wrappers import running_max_, squeeze_scalar
 from ._common import lr_checks
 
 
@@ -66,7 +66,7 @@ def step_rule(group: dict, step: float) -> tuple[str, float]:
     """This step's kind of update -- "adaptive", "rectified", "sgd" or "none" -- and its step size
     (including lr and the first-moment bias correction)."""
     beta1, beta2 = group["betas"]
-    lr, bias_correction1 = plain(group["lr"]), 1 - beta1**step
+    lr, bias_correction1 = squeeze_scalar(group["lr"]), 1 - beta1**step
     if not group["rectify"]:
         return "adaptive", lr / bias_correction1
     beta2_t = beta2**step

@@ -22,7 +22,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import add_, addcmul_, plain
+from ..core.wrappers import add_, addcmul_, squeeze_scalar
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -31,7 +31,7 @@ def state_names(group: dict) -> tuple[str, ...]:
 
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
-    return {"lr": plain(group["lr"]), "rho": group["rho"], "eps": group["eps"]}
+    return {"lr": squeeze_scalar(group["lr"]), "rho": group["rho"], "eps": group["eps"]}
 
 
 def update(p, g, square_avg, acc_delta, *, lr, rho, eps) -> None:

@@ -24,9 +24,9 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import addcdiv_, plain
+from ..core.state import new_step_tensor
+from ..core.wrappers import addcdiv_, squeeze_scalar
 from ._common import lr_checks, weight_decay_checks
-from ..backends.reference import new_step_tensor
 
 
 def state_names(group: dict) -> tuple[str, ...]:
@@ -40,7 +40,7 @@ def init(p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
 
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
-    return {"clr": plain(group["lr"]) / (1 + (step - 1) * group["lr_decay"]), "eps": group["eps"]}
+    return {"clr": squeeze_scalar(group["lr"]) / (1 + (step - 1) * group["lr_decay"]), "eps": group["eps"]}
 
 
 def update(p, g, sum, *, clr, eps) -> None:  # noqa: A002 - torch's state key is "sum"

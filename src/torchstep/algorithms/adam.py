@@ -30,7 +30,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import addcdiv_, addcmul_, plain, running_max_
+from ..core.wrappers import addcdiv_, addcmul_, running_max_, squeeze_scalar
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -39,11 +39,11 @@ def state_names(group: dict) -> tuple[str, ...]:
 
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
-    beta1, beta2 = (plain(b) for b in group["betas"])
+    beta1, beta2 = (squeeze_scalar(b) for b in group["betas"])
     return {
         "beta1": beta1,
         "beta2": beta2,
-        "step_size": plain(group["lr"]) / (1 - beta1**step),
+        "step_size": squeeze_scalar(group["lr"]) / (1 - beta1**step),
         "bias_correction2_sqrt": (1 - beta2**step) ** 0.5,
         "eps": group["eps"],
     }

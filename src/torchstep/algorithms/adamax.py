@@ -23,7 +23,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import addcdiv_, plain, running_max_
+from ..core.wrappers import addcdiv_, running_max_, squeeze_scalar
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -33,7 +33,7 @@ def state_names(group: dict) -> tuple[str, ...]:
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
     beta1, beta2 = group["betas"]
-    return {"beta1": beta1, "beta2": beta2, "eps": group["eps"], "clr": plain(group["lr"]) / (1 - beta1**step)}
+    return {"beta1": beta1, "beta2": beta2, "eps": group["eps"], "clr": squeeze_scalar(group["lr"]) / (1 - beta1**step)}
 
 
 def update(p, g, exp_avg, exp_inf, *, beta1, beta2, eps, clr) -> None:

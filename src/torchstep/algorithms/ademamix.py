@@ -31,7 +31,7 @@ betas=(0.9, 0.999, 0.9999), alpha=2.0, eps=1e-8``, no warmups (the paper's langu
 larger :math:`\alpha`, 5 to 8, with both warmups spanning the whole run).
 
 State: ``step``, ``exp_avg`` (:math:`m^{(1)}`), ``exp_avg_sq`` (:math:`v`), ``exp_avg_slow``
-(:math:`m^{(2)}`). ``cautious=True``: see :mod:`torchstep.core.cautious`; it masks the whole
+(:math:`m^{(2)}`). ``cautious=True``: see :mod:`torchstep.backends.cautious`; it masks the whole
 step, slow term included (``pytorch-optimizer`` masks only the fast term). Dense gradients.
 Reference: Pagliardini, Ablin, Grangier, "The AdEMAMix Optimizer: Better, Faster, Older"
 (ICLR 2025), arXiv:2409.03137.
@@ -47,7 +47,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import squeeze_scalar
 from ._common import lr_checks
 
 
@@ -72,7 +72,7 @@ def beta3_at(step: float, beta1: float, beta3: float, warmup: int | None) -> flo
 def scalars(group: dict, step: Any, first: bool) -> dict:
     beta1, beta2, beta3 = group["betas"]
     return {
-        "lr": plain(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
+        "lr": squeeze_scalar(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"],
         "beta3": beta3_at(step, beta1, beta3, group["beta3_warmup"]),
         "alpha": alpha_at(step, group["alpha"], group["alpha_warmup"]),
         "bias_correction1": 1 - beta1**step, "bias_correction2_sqrt": math.sqrt(1 - beta2**step),

@@ -24,7 +24,7 @@ first. The authors' defaults: ``lr=1e-3, betas=(0.9, 0.9999), eps=1e-6``, :math:
 State: ``step``, ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`) -- as the authors' code
 (and torch) lay them out. ``clip_lambda`` is a property of the optimizer object, not of a group,
 and is not saved in the ``state_dict`` (a function cannot be, portably), as in pytorch-optimizer.
-``cautious=True``: see :mod:`torchstep.core.cautious`.
+``cautious=True``: see :mod:`torchstep.backends.cautious`.
 Reference: Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta_2 with the Optimal
 Rate" (NeurIPS 2024), arXiv:2411.02853.
 """
@@ -40,7 +40,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import squeeze_scalar
 from ._common import lr_checks
 
 
@@ -53,7 +53,7 @@ def scalars(group: dict, step: Any, first: bool, clip_lambda: Callable | None = 
     beta1, beta2 = group["betas"]
     initial = step == 1
     clip = clip_lambda(step) if clip_lambda is not None and not initial else None
-    return {"lr": plain(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"], "initial": initial,
+    return {"lr": squeeze_scalar(group["lr"]), "beta1": beta1, "beta2": beta2, "eps": group["eps"], "initial": initial,
             "clip": clip}
 
 

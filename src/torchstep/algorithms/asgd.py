@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from ..backends.reference import upgrade_scalar_state
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import add_, plain
+from ..core.state import upgrade_scalar_state
+from ..core.wrappers import add_, squeeze_scalar
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -44,14 +44,14 @@ def init(p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
     dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     return {
         "step": torch.zeros((), device=p.device, dtype=dtype),
-        "eta": torch.as_tensor(plain(group["lr"]), device=p.device, dtype=dtype).clone().detach(),
+        "eta": torch.as_tensor(squeeze_scalar(group["lr"]), device=p.device, dtype=dtype).clone().detach(),
         "mu": torch.ones((), device=p.device, dtype=dtype),
         "ax": torch.zeros_like(p, memory_format=torch.preserve_format),
     }
 
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
-    lr, lambd = plain(group["lr"]), group["lambd"]
+    lr, lambd = squeeze_scalar(group["lr"]), group["lambd"]
     return {
         "lambd": lambd,
         "next_eta": lr / ((1 + lambd * lr * step) ** group["alpha"]),

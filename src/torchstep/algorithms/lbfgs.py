@@ -44,7 +44,7 @@ import torch
 
 from ..core import check
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import squeeze_scalar
 from ._common import lr_checks
 from .line_search import strong_wolfe
 
@@ -151,7 +151,7 @@ class LBFGS(Optimizer):
         check.one_of(group["line_search_fn"], "line_search_fn", LINE_SEARCHES, "only 'strong_wolfe' is supported", RuntimeError)
         closure = torch.enable_grad()(closure)
         params = group["params"]
-        lr, max_iter, max_eval = plain(group["lr"]), group["max_iter"], group["max_eval"]
+        lr, max_iter, max_eval = squeeze_scalar(group["lr"]), group["max_iter"], group["max_eval"]
         tol_grad, tol_change = group["tolerance_grad"], group["tolerance_change"]
         state = self.state[params[0]]
         state.setdefault("func_evals", 0)

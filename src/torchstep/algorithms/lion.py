@@ -17,7 +17,7 @@ Weight decay is decoupled, as in the paper (and AdamW). The authors' defaults: `
 
 State: ``exp_avg`` (:math:`m`) only -- no step counter, as in the authors' code and
 ``lion-pytorch``, whose checkpoints load here and the other way round. ``cautious=True``: see
-:mod:`torchstep.core.cautious`. Dense gradients; complex parameters are treated as pairs of reals.
+:mod:`torchstep.backends.cautious`. Dense gradients; complex parameters are treated as pairs of reals.
 ``lion-pytorch``'s ``use_triton`` and its ``decoupled_weight_decay`` (which divides the decay by
 the initial lr) are not offered.
 Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (NeurIPS 2023),
@@ -31,13 +31,13 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import squeeze_scalar
 from ._common import lr_checks
 
 
 def scalars(group: dict, step, first: bool) -> dict:
     beta1, beta2 = group["betas"]
-    return {"lr": plain(group["lr"]), "beta1": beta1, "beta2": beta2}
+    return {"lr": squeeze_scalar(group["lr"]), "beta1": beta1, "beta2": beta2}
 
 
 def update(p, g, exp_avg, *, lr, beta1, beta2) -> None:

@@ -29,12 +29,12 @@ from typing import Any
 
 import torch
 
-from ..backends.reference import new_step_tensor, upgrade_scalar_state
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
+from ..core.state import new_step_tensor, upgrade_scalar_state
+from ..core.wrappers import addcdiv_, addcmul_, squeeze_scalar
 from ._common import LOAD_FLAGS
-from ..core.wrappers import addcdiv_, addcmul_, plain
 from .adamax import adam_like_checks
 
 
@@ -54,7 +54,7 @@ def _momentum(beta1: float, t: float, momentum_decay: float) -> float:
 def scalars(group: dict, step: Any, first: bool) -> dict:
     beta1, beta2 = group["betas"]
     return {
-        "lr": plain(group["lr"]),
+        "lr": squeeze_scalar(group["lr"]),
         "beta1": beta1,
         "beta2": beta2,
         "eps": group["eps"],

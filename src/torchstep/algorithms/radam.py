@@ -34,7 +34,7 @@ from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
 from ._common import LOAD_FLAGS
-from ..core.wrappers import addcmul_, plain
+from ..core.wrappers import addcmul_, squeeze_scalar
 from .adamax import adam_like_checks
 
 
@@ -50,7 +50,7 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
     rectified = rho_t > 5.0
     rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5 if rectified else 1.0
     return {
-        "lr": plain(group["lr"]),
+        "lr": squeeze_scalar(group["lr"]),
         "beta1": beta1,
         "beta2": beta2,
         "eps": group["eps"],

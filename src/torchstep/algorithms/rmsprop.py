@@ -29,7 +29,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import add_, addcdiv_, addcmul_, plain
+from ..core.wrappers import add_, addcdiv_, addcmul_, squeeze_scalar
 from ._common import LOAD_FLAGS, lr_checks, weight_decay_checks
 
 
@@ -43,7 +43,7 @@ def state_names(group: dict) -> tuple[str, ...]:
 
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
-    return {"lr": plain(group["lr"]), "alpha": group["alpha"], "eps": group["eps"], "momentum": group["momentum"]}
+    return {"lr": squeeze_scalar(group["lr"]), "alpha": group["alpha"], "eps": group["eps"], "momentum": group["momentum"]}
 
 
 def update(p, g, square_avg, momentum_buffer=None, grad_avg=None, *, lr, alpha, eps, momentum) -> None:

@@ -29,7 +29,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import squeeze_scalar
 from ._common import LOAD_FLAGS, lr_checks
 
 
@@ -39,7 +39,7 @@ def state_names(group: dict) -> tuple[str, ...]:
 
 def init(p: torch.Tensor, group: dict) -> dict[str, torch.Tensor]:
     like = p.grad if p.grad is not None else p  # torch shapes the step sizes after the gradient
-    lr = float(plain(group["lr"])) if torch.is_complex(p) else plain(group["lr"])
+    lr = float(squeeze_scalar(group["lr"])) if torch.is_complex(p) else squeeze_scalar(group["lr"])
     fill = complex(lr, lr) if torch.is_complex(p) else lr
     return {"prev": torch.zeros_like(p, memory_format=torch.preserve_format), "step_size": torch.full_like(like, fill)}
 

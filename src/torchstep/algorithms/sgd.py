@@ -27,7 +27,7 @@ import torch
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import add, add_, plain
+from ..core.wrappers import add, add_, squeeze_scalar
 from ._common import lr_checks, weight_decay_checks
 
 
@@ -39,7 +39,7 @@ def scalars(group: dict, step: Any, first: bool) -> dict:
     """The first step copies the gradient into the buffer: decay 0, gain 1."""
     momentum = group["momentum"]
     return {
-        "lr": plain(group["lr"]),
+        "lr": squeeze_scalar(group["lr"]),
         "momentum": momentum,
         "decay": 0.0 if first else momentum,
         # dampening is read only where there is a buffer to damp (torch accepts any value otherwise)

@@ -7,12 +7,17 @@ reference path and warns once per optimizer, naming the reason. Sparse or non-co
 gradients take the reference path silently (they are a different algorithm path, as in torch).
 Per-tensor algorithms with fused stages (LAMB, LARS) go through :func:`fused_stages`, with the
 same choices and fallbacks. A group with ``cautious=True`` runs its ordinary step inside the cautious stage of
-:mod:`torchstep.core.cautious`.
+:mod:`.cautious`.
+
+:func:`run_group_on_backend` is what :mod:`torchstep.backends` installs as the base class's group
+runner (:mod:`torchstep.core.runner`). The backend :func:`use` forces is a context variable: each
+thread and each asyncio task sees its own, starting from ``TORCHSTEP_BACKEND``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import warnings
@@ -20,12 +25,12 @@ from typing import Any, Iterator
 
 import torch
 
-from ..core import cautious
-from . import cpu_kernel, fused, reference, staged
+from . import cautious, cpu_kernel, fused, reference, staged
 from . import plan as plan_mod
 
 _BACKENDS = ("auto", "fused", "reference", "triton")
-_forced: list[str] = [os.environ.get("TORCHSTEP_BACKEND", "auto")]
+_forced: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "torchstep_backend", default=os.environ.get("TORCHSTEP_BACKEND", "auto"))
 
 
 @contextlib.contextmanager
@@ -34,18 +39,18 @@ def use(backend: str) -> Iterator[None]:
     (same, but a fallback raises instead of warning), "reference", or "triton" (the fused path
     with Triton kernels even for CPU tensors, which needs ``TRITON_INTERPRET=1``: how the CUDA
     kernels are tested without a GPU). The environment variable ``TORCHSTEP_BACKEND`` sets the
-    default."""
+    default. The choice holds for the current thread or asyncio task only."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    _forced.append(backend)
+    token = _forced.set(backend)
     try:
         yield
     finally:
-        _forced.pop()
+        _forced.reset(token)
 
 
 def _warn_once(opt: Any, reason: str) -> None:
-    if _forced[-1] in ("fused", "triton"):
+    if _forced.get() in ("fused", "triton"):
         raise RuntimeError(f"{type(opt).__name__}: fused step unavailable ({reason})")
     seen = opt.__dict__.setdefault("_fused_warnings", set())
     if reason not in seen:
@@ -69,7 +74,7 @@ def _has_non_scalar_tensor(group: dict, options: dict) -> bool:
 
 def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
     """(take the fused path?, the reason to warn about when not)."""
-    if _forced[-1] == "reference":
+    if _forced.get() == "reference":
         return False, None
     if group.get("fused") is False or group.get("foreach") is False:
         return False, None
@@ -84,7 +89,7 @@ def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
         # a hyperparameter tensor of several elements is no kernel scalar: the tensor-by-tensor
         # path meets it as torch's does (and raises what torch raises)
         return False, None
-    if _forced[-1] != "triton" and cpu_kernel.compiler() is None:
+    if _forced.get() != "triton" and cpu_kernel.compiler() is None:
         return False, "no C compiler found (set $CC or install gcc/clang)"
     return True, None
 
@@ -107,25 +112,26 @@ def _warn_leftover(opt: Any, leftover: list[torch.Tensor], force_triton: bool) -
             _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")
 
 
-def step_group(opt: Any, group: dict, grad_scale: Any = None, plans_of: dict | None = None) -> None:
+def run_group_on_backend(opt: Any, group: dict, grad_scale: Any = None, plans_of: dict | None = None) -> None:
     """Run one step of ``opt.algorithm`` over ``group`` on the best available backend.
 
     ``plans_of``: the parameter group whose fused plans to use, when ``group`` is a per-step
     view of it (a dict made afresh each step would otherwise start a new plan every step)."""
     owner = group if plans_of is None else plans_of
-    run = functools.partial(_step_group, owner=owner)
+    run = functools.partial(_run_fused_then_reference, owner=owner)
     if group.get("cautious", False):
-        cautious.step_group(opt, group, grad_scale, run)
+        cautious.run_cautiously(opt, group, grad_scale, run)
     else:
         run(opt, group, grad_scale)
 
 
-def _step_group(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
+def _run_fused_then_reference(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
+    """The fused kernels over what they can take, the reference path over the rest."""
     use_fused, reason = _choose_path(opt, group)
     if use_fused:
-        force_triton = _forced[-1] == "triton"
+        force_triton = _forced.get() == "triton"
         cache = plan_mod.held_by(opt, "_fused_plans", owner, dict)
-        leftover, reasons = fused.step_group(opt, group, cache, grad_scale, force_triton=force_triton)
+        leftover, reasons = fused.run_fused_kernels(opt, group, cache, grad_scale, force_triton=force_triton)
         for why in reasons:
             _warn_once(opt, why)
         _warn_leftover(opt, leftover, force_triton)
@@ -134,7 +140,7 @@ def _step_group(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -
             _warn_once(opt, reason)
         leftover = [p for p in group["params"] if p.grad is not None]
     _unscale(leftover, grad_scale)
-    reference.step_group(opt, group, leftover)
+    reference.run_tensor_by_tensor(opt, group, leftover)
 
 
 def fused_stages(opt: Any, group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -145,7 +151,7 @@ def fused_stages(opt: Any, group: dict, params: list[torch.Tensor]) -> list[torc
         if reason is not None:
             _warn_once(opt, reason)
         return params
-    force_triton = _forced[-1] == "triton"
+    force_triton = _forced.get() == "triton"
     cache = plan_mod.held_by(opt, "_fused_plans", group, dict)
     plan = cache.get("stages")
     if plan is None or plan.force_triton != force_triton or plan.still_valid(params) is None:

@@ -26,19 +26,15 @@ from typing import Any
 import torch
 
 from ..core import wrappers
-from . import cpu_kernel, reference, triton_kernel
+from ..core.state import ensure_state
+from . import cpu_kernel, triton_kernel
 from . import plan as plan_mod
+from .memo import FunctionCache, scalar_structure
 from .plan import Bucket, Plan, grad_table, pointer_table
 from .trace import NotTraceable, trace
 
-_programs: dict[tuple, Any] = {}
-
-
-def _structure(value: Any) -> Any:
-    """What of a scalar's value shapes the program (booleans, None, strings), not its number."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    return "#"
+# update function -> {(kernel kind, state names, dtype, wrapper flags, scalar structure): (kernel, program)}
+_programs = FunctionCache()
 
 
 class CKernel:
@@ -94,12 +90,12 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
     """The kernel (and its program) for this update function, structure, dtype and kernel kind.
     Raises :class:`~.cpu_kernel.KernelUnavailable` when there is none; a structure the tracer
     cannot model is remembered for that structure only."""
-    wd = wrappers.plain(group.get("weight_decay", 0))
+    wd = wrappers.squeeze_scalar(group.get("weight_decay", 0))
     has_wd = not algo.applies_weight_decay and (isinstance(wd, torch.Tensor) or wd != 0)
     decoupled = has_wd and bool(group.get("decoupled_weight_decay", False))  # read only when it matters, as torch
     flags = (bool(group.get("maximize", False)), has_wd, decoupled, unscale)
-    key = (kind, algo.update, names, dtype, flags, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
-    found = _programs.get(key)
+    structure = (kind, names, dtype, flags, scalar_structure(scalars))
+    found = _programs.get(algo.update, structure)
     if isinstance(found, _Failed):
         raise cpu_kernel.KernelUnavailable(found.reason)
     if found is None:
@@ -119,14 +115,14 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
         try:
             program = trace(fused_update, ["p", "g", *names], ["p", *names], {**scalars, **extra})
         except NotTraceable as exc:
-            _programs[key] = _Failed(f"the update uses an operation the tracer does not model: {exc}")
-            raise cpu_kernel.KernelUnavailable(_programs[key].reason) from None
+            failed = _programs.put(algo.update, structure,
+                                   _Failed(f"the update uses an operation the tracer does not model: {exc}"))
+            raise cpu_kernel.KernelUnavailable(failed.reason) from None
         try:
             cpu_kernel.uniform_steps(program)
         except ValueError as exc:
-            _programs[key] = _Failed(str(exc))
-            raise cpu_kernel.KernelUnavailable(_programs[key].reason) from None
-        found = _programs[key] = ((CKernel if kind == "c" else TritonKernel)(program, dtype), program)
+            raise cpu_kernel.KernelUnavailable(_programs.put(algo.update, structure, _Failed(str(exc))).reason) from None
+        found = _programs.put(algo.update, structure, ((CKernel if kind == "c" else TritonKernel)(program, dtype), program))
     return found
 
 
@@ -205,7 +201,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
                 plan_mod.check_state_shape(param_index(opt, p), p, n, state[n])
         state = opt.state[p]
         before = set(state)
-        first = reference.ensure_state(algo, p, group, state, all_names)
+        first = ensure_state(algo, p, group, state, all_names)
         made = [k for k in state if k not in before]
         if not all(plan_mod.is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype
                    and state[n].device == p.device for n in names):
@@ -246,8 +242,8 @@ def _roll_back(opt: Any, plan: Plan, members: list[int]) -> None:
             _forget(opt, plan.params[i], plan.created[i])
 
 
-def step_group(opt: Any, group: dict, cache: dict, grad_scale=None,
-               force_triton: bool = False) -> tuple[list[torch.Tensor], list[str]]:
+def run_fused_kernels(opt: Any, group: dict, cache: dict, grad_scale=None,
+                      force_triton: bool = False) -> tuple[list[torch.Tensor], list[str]]:
     """Fused step of ``group``: returns the parameters left for the reference backend, and the
     reasons (to warn about) why a kernel could not be had for some. ``cache`` keeps this group's
     :class:`Plan` between steps.
@@ -353,7 +349,7 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
             for n in algo.scalar_state:
                 plan.counters.broadcast(n, members, lead[n])
     values = {**scalars, **item.values}
-    uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.plain(values[k]) for k in item.program.scalars])
+    uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.squeeze_scalar(values[k]) for k in item.program.scalars])
     grad_ptrs = grad_table(plan.grad_ptrs, members)
     if subset is None:
         tables, sizes = [bucket.tables[0], grad_ptrs, *bucket.tables[1:]], bucket.sizes

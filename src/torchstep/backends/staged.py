@@ -22,19 +22,22 @@ import torch
 
 from ..core import wrappers
 from . import cpu_kernel, fused, triton_kernel
+from .memo import FunctionCache, scalar_structure
 from .plan import GroupCounters, Plan, check_state_shape, is_plain, overlapping
 from .trace import trace
 
-_kernels: dict[tuple, Any] = {}
+# stage function -> {(operands, written, scalar structure, per-tensor names, dtype, kind): (kernel, program)}
+_kernels = FunctionCache()
 
 
 def _kernel(fn: Callable, names: tuple, written: tuple, scalars: dict, per_tensor: tuple, dtype, kind: str):
-    key = (fn, names, written, tuple((k, fused._structure(v)) for k, v in scalars.items()), per_tensor, dtype, kind)
-    if key not in _kernels:
+    structure = (names, written, scalar_structure(scalars), per_tensor, dtype, kind)
+    found = _kernels.get(fn, structure)
+    if found is None:
         program = trace(fn, list(names), list(written), scalars, per_tensor)
         runner = fused.CKernel(program, dtype) if kind == "c" else fused.TritonKernel(program, dtype)
-        _kernels[key] = (runner, program)
-    return _kernels[key]
+        found = _kernels.put(fn, structure, (runner, program))
+    return found
 
 
 @dataclass
@@ -102,7 +105,7 @@ def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tup
                                                                          tuple(first[i].numel() for i in members))
         chunk_t = fused._chunks(sizes, cpu_kernel.CHUNK if kind == "c" else triton_kernel.BLOCK)[0]
         sums = torch.empty((len(program.reductions), len(chunk_t)), dtype=torch.float64, device=device)
-        values = [wrappers.plain(scalars[k]) for k in program.scalars]
+        values = [wrappers.squeeze_scalar(scalars[k]) for k in program.scalars]
         runner.run(tables, sizes, cpu_kernel.evaluate_uniform(program, values), device, sums if program.reductions else None)
         if not program.reductions:
             continue

@@ -51,6 +51,31 @@ class Program:
         """For each reduction, in order: is its square summed (else its value)?"""
         return [name not in self.summed for name in self.reductions]
 
+    # -- queries: what a node reads and how, for analyses of a traced update --------------
+
+    def input_node(self, name: str) -> int:
+        """The node of the per-element input ``name``."""
+        return self.nodes.index(("in", self.inputs.index(name)))
+
+    def final(self, name: str) -> int:
+        """The node holding ``name``'s value after the update (its input node if not written)."""
+        return self.outputs.get(name, self.input_node(name))
+
+    def operands(self, node: int) -> tuple[int, ...]:
+        """The nodes ``node`` reads (none for inputs, scalars and constants)."""
+        op, *args = self.nodes[node]
+        return () if op in _LEAVES else tuple(args)
+
+    def accumulators(self, node: int) -> tuple[int, ...]:
+        """The operands ``node`` adds the rest of its operands to: both of ``x + y``, ``x`` of
+        ``x - y``, ``c`` of ``a * b + c``; none for any other operation."""
+        op, *args = self.nodes[node]
+        return tuple(args[i] for i in _ACCUMULATING.get(op, ()))
+
+
+_LEAVES = frozenset({"in", "arg", "const", "tin"})  # nodes that read no other node
+_ACCUMULATING = {"add": (0, 1), "sub": (0,), "fma": (2,)}  # op -> positions of the operands it adds to
+
 
 @dataclass
 class Summed:

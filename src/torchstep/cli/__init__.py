@@ -9,12 +9,9 @@ from . import bench as _bench
 from . import compare as _compare
 from . import lr_find as _lr_find
 from . import schedule as _schedule
+from .errors import UserError
 
 SUBCOMMANDS = {"compare": _compare, "lr-find": _lr_find, "schedule": _schedule, "bench": _bench}
-
-
-class UserError(Exception):
-    """A mistake in the command line: printed as one line, exit status 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..bench import ALGORITHMS, main
+from .errors import UserError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..bench import ALGORITHMS
-
     p = sub.add_parser(
         "bench",
         help="time optimizer steps against torch.optim and the memory-bandwidth bound",
@@ -30,8 +31,6 @@ def _size(text: str) -> int:
 
 
 def parse_layouts(spec: str) -> dict[str, tuple[int, int]]:
-    from . import UserError
-
     layouts = {}
     for item in spec.split(","):
         try:
@@ -43,9 +42,6 @@ def parse_layouts(spec: str) -> dict[str, tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import ALGORITHMS, main
-    from . import UserError
-
     names = list(ALGORITHMS) if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
     unknown = [n for n in names if n not in ALGORITHMS]
     if unknown:

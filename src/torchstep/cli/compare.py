@@ -10,7 +10,15 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .setups import EXTRA_PRESETS, PRESETS
+from torchstep.lr_finder import ema
+from torchstep.optim.lr_scheduler import ScheduledLR
+from torchstep.params import param_groups
+from torchstep.tasks import digits_model
+
+from .errors import UserError
+from .output import check_minimums, digits_data, markdown_table, progress_bars, require, writable
+from .setups import EXTRA_PRESETS, PRESETS, SetupError, parse_setup
+
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 32
@@ -70,11 +78,6 @@ def _mode(opt, train: bool) -> None:
 def _warm_up(setup, data) -> None:
     """One step on a throwaway model: checks the optimizer's arguments before any run starts, and
     compiles (or loads) the fused kernel outside the timing."""
-    from torchstep.params import param_groups
-    from torchstep.tasks import digits_model
-
-    from .setups import SetupError
-
     model = digits_model()
     opt = setup.make_optimizer(param_groups(model))
     torch.nn.functional.cross_entropy(model(data.x_train[:8]), data.y_train[:8]).backward()
@@ -86,10 +89,6 @@ def _warm_up(setup, data) -> None:
 
 
 def _train(setup, data, args, tqdm) -> Run:
-    from torchstep.optim.lr_scheduler import ScheduledLR
-    from torchstep.params import param_groups
-    from torchstep.tasks import digits_model
-
     run = Run(setup.label, setup.describe())
     model = digits_model(seed=args.seed)
     opt = setup.make_optimizer(param_groups(model))
@@ -129,8 +128,6 @@ def _train(setup, data, args, tqdm) -> Run:
 
 
 def table(runs: list[Run]) -> str:
-    from .output import markdown_table
-
     rows = [[r.label, f"{r.final_loss:.4f}", f"{r.val_loss:.4f}", f"{r.val_accuracy:.3f}", f"{r.wall_s:.2f}",
              f"{100 * r.step_s / r.wall_s:.0f}%"] for r in runs]
     return markdown_table(["setup", "final train loss", "val loss", "val acc", "wall s", "optimizer.step share"], rows,
@@ -140,8 +137,6 @@ def table(runs: list[Run]) -> str:
 def plot(runs: list[Run], path, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from torchstep.lr_finder import ema
 
     figure = Figure(figsize=(12, 4.5), dpi=100)
     FigureCanvasAgg(figure)
@@ -161,10 +156,6 @@ def plot(runs: list[Run], path, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import UserError
-    from .output import check_minimums, digits_data, progress_bars, require, writable
-    from .setups import SetupError, parse_setup
-
     check_minimums(args, epochs=1, batch_size=1, threads=1)
     tqdm = progress_bars("compare", not args.no_progress)
     png = None if args.no_plot else writable(args.plot, "plot")

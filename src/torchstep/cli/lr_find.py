@@ -10,10 +10,16 @@ from typing import Any
 
 import torch
 
+from torchstep.lr_finder import DIVERGE, RULES, check_sweep, lr_find
+from torchstep.params import param_groups
+from torchstep.tasks import digits_model
+
+from .errors import UserError
+from .output import check_minimums, digits_data, markdown_table, require, writable
+from .setups import SetupError, parse_setup
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from torchstep.lr_finder import RULES
-
     p = sub.add_parser(
         "lr-find",
         help="LR range test: sweep the lr exponentially, print the suggested lr, plot loss against lr",
@@ -45,8 +51,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_factory(target: str) -> Any:
     """The function named by ``package.module:function`` (the current folder is importable)."""
-    from . import UserError
-
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"--model {target!r} is not package.module:function")
@@ -63,8 +67,6 @@ def load_factory(target: str) -> Any:
 
 
 def _digits_batches(batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from .output import digits_data
-
     data = digits_data()
     order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
     return [(data.x_train[order[i:i + batch_size]], data.y_train[order[i:i + batch_size]])
@@ -72,10 +74,6 @@ def _digits_batches(batch_size: int, seed: int) -> list[tuple[torch.Tensor, torc
 
 
 def _problem(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list, str]:
-    from torchstep.tasks import digits_model
-
-    from . import UserError
-
     if args.model is None:
         return digits_model(seed=args.seed), torch.nn.functional.cross_entropy, \
             _digits_batches(args.batch_size, args.seed), "digits MLP"
@@ -90,13 +88,6 @@ def _problem(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list, str]
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstep.lr_finder import DIVERGE, check_sweep, lr_find
-    from torchstep.params import param_groups
-
-    from . import UserError
-    from .output import check_minimums, markdown_table, require, writable
-    from .setups import SetupError, parse_setup
-
     check_minimums(args, steps=2, batch_size=1, threads=1)
     png = None if args.no_plot else writable(args.plot, "plot")
     if png is not None:

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from torchstep.tasks import load_digits
+
+from .errors import UserError
+
 CLI_EXTRA = "pip install 'torchstep[cli]'"
 
 
 def require(module: str, purpose: str) -> Any:
     """Import ``module`` or stop with a one-line hint to install the ``cli`` extra."""
-    from . import UserError
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -50,10 +52,6 @@ def progress_bars(command: str, wanted: bool) -> Any:
 
 def digits_data() -> Any:
     """The digits task's data (:func:`torchstep.tasks.load_digits`), or a one-line error without scikit-learn."""
-    from torchstep.tasks import load_digits
-
-    from . import UserError
-
     try:
         return load_digits()
     except ImportError as exc:
@@ -62,8 +60,6 @@ def digits_data() -> Any:
 
 def check_minimums(args: Any, **minimums: int) -> None:
     """Stop with a one-line error where an integer option is below its minimum."""
-    from . import UserError
-
     for name, low in minimums.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -72,8 +68,6 @@ def check_minimums(args: Any, **minimums: int) -> None:
 
 def writable(path: str | None, what: str) -> Path | None:
     """``path`` as a Path after checking that its folder exists (before any long run starts)."""
-    from . import UserError
-
     if path is None:
         return None
     out = Path(path)

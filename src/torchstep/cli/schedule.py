@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from torchstep.schedules import plot, preview, schedule_from_spec
+from torchstep.schedules.spec import SPEC_NAMES
+
+from .errors import UserError
+from .output import check_minimums, markdown_table, require, writable
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from torchstep.schedules.spec import SPEC_NAMES
-
     p = sub.add_parser(
         "schedule",
         help="preview a schedule (modern or torch-shaped) as values and a plot",
@@ -34,11 +38,6 @@ def _rows(steps: int, every: int | None) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchstep.schedules import preview, schedule_from_spec
-
-    from . import UserError
-    from .output import check_minimums, markdown_table, require, writable
-
     check_minimums(args, steps=1, every=1)
     png = writable(args.plot, "plot")
     series = {}
@@ -50,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
     rows = [[str(t), *(f"{values[t]:.6g}" for values in series.values())] for t in _rows(args.steps, args.every)]
     print(markdown_table(["step", *series], rows, [True] * (len(series) + 1)))
     if png is not None:
-        from torchstep.schedules import plot
-
         require("matplotlib", "torchstep schedule --plot")
         plot(series, args.steps, png, log_scale=args.log)
         print(f"\nwrote {png}")

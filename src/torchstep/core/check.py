@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.optim.optimizer as _torch_optimizer
 
 __all__ = [
     "at_least", "in_range", "positive", "tensor_scalar", "betas_pair", "exclusive_flags",
@@ -103,14 +104,18 @@ def history_length(value: Any, name: str) -> None:
         raise IndexError(f"{empty} ({name} must be {allowed}; got {value!r})")
 
 
+def _fused_devices() -> list[str]:
+    """The device types torch has fused optimizer kernels for."""
+    supported = getattr(_torch_optimizer, "_get_fused_kernels_supported_devices", None)
+    if supported is None:  # pragma: no cover -- older torch
+        return ["mps", "cuda", "xpu", "hpu", "cpu", "privateuseone"]
+    return supported()
+
+
 def fused_param(p: torch.Tensor) -> None:
     """``fused=True`` takes floating-point tensors on devices torch has fused kernels for; torch
     refuses anything else (a complex or integer parameter) with RuntimeError at the step."""
-    try:
-        from torch.optim.optimizer import _get_fused_kernels_supported_devices
-        devices = _get_fused_kernels_supported_devices()
-    except ImportError:  # pragma: no cover -- older torch
-        devices = ["mps", "cuda", "xpu", "hpu", "cpu", "privateuseone"]
+    devices = _fused_devices()
     if not (p.device.type in devices and torch.is_floating_point(p)):
         raise RuntimeError(
             "`fused=True` requires all the params to be floating point Tensors of supported devices: "

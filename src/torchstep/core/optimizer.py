@@ -19,7 +19,9 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
+from . import check, runner
 from .algorithm import Algorithm
+from .state import new_step_tensor
 
 # torch's sentinel for "this option has no default"; shared so custom optimizers written for
 # torch.optim keep working when they switch base class.
@@ -127,8 +129,6 @@ class Optimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         torch._C._log_api_usage_once("torchstep.optimizer")
-        from . import check
-
         for name in ("foreach", "fused", "capturable"):
             check.flag(defaults.get(name), name)
         self.defaults = defaults
@@ -230,9 +230,6 @@ class Optimizer(torch.optim.Optimizer):
         """
         if self.algorithm is None:
             raise NotImplementedError(f"{type(self).__name__} defines neither `algorithm` nor `step`")
-        from ..backends import dispatch
-        from . import check
-
         paths = self._step_paths
         self._check_step()
         loss = None
@@ -245,6 +242,7 @@ class Optimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
         # the option itself, as torch passes it: a value that is not a bool is a TypeError here
+        run_group = runner.group_runner()  # installed by torchstep.backends (see core/runner.py)
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for index, group in enumerate(self.param_groups):
@@ -252,7 +250,7 @@ class Optimizer(torch.optim.Optimizer):
                     check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
                 keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
                 known = None if keeps_state else {p for p in group["params"] if p in self.state}
-                dispatch.step_group(self, self._backend_group(self._own_options(group)), grad_scale, plans_of=group)
+                run_group(self, self._backend_group(self._own_options(group)), grad_scale, group)
                 if known is not None:
                     self._drop_empty_state(group, known)
         return loss
@@ -458,8 +456,6 @@ class Optimizer(torch.optim.Optimizer):
         """Bring state loaded from an older or foreign checkpoint to this class's layout."""
         if self.algorithm is None or not self.algorithm.counts_steps:
             return
-        from ..backends.reference import new_step_tensor
-
         for i, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 st = self.state.get(p)
@@ -476,8 +472,6 @@ class Optimizer(torch.optim.Optimizer):
     def _check_fused_params(self) -> None:
         """``fused=True``: a parameter's first step with a gradient checks it is a floating-point
         tensor on a device with fused kernels (RuntimeError otherwise, as torch raises at the step)."""
-        from . import check
-
         checked = self.__dict__.setdefault("_fused_checked", set())
         for group in self.param_groups:
             if group.get("fused"):

@@ -15,12 +15,15 @@ from typing import Any
 import torch
 
 
-def plain(x: Any) -> Any:
-    """A hyperparameter as the kernels take it: a Python number, or a 0-d tensor when it was
-    given as a tensor (scalar arithmetic then happens in that tensor's dtype, as in torch)."""
+def squeeze_scalar(x: Any) -> Any:
+    """A hyperparameter as the kernels take it: a Python number as it is, a tensor squeezed to
+    0-d (scalar arithmetic then happens in that tensor's dtype, as in torch)."""
     if isinstance(x, torch.Tensor) and x.dim() != 0:
         return x.squeeze()
     return x
+
+
+plain = squeeze_scalar  # the old name, still imported by adafactor, adan, muon and sparse_adam
 
 
 def _requires_grad(x: Any) -> bool:
@@ -61,10 +64,10 @@ def prepare_grad(p: torch.Tensor, g: torch.Tensor, group: dict, *, sparse_weight
     """
     if group.get("maximize", False):
         g = -g
-    wd = plain(group.get("weight_decay", 0)) if weight_decay else 0
+    wd = squeeze_scalar(group.get("weight_decay", 0)) if weight_decay else 0
     if isinstance(wd, torch.Tensor) or wd != 0:
         if group.get("decoupled_weight_decay", False):
-            p.mul_(1 - plain(group["lr"]) * wd)
+            p.mul_(1 - squeeze_scalar(group["lr"]) * wd)
         elif g.is_sparse and not sparse_weight_decay:
             raise RuntimeError("weight_decay option is not compatible with sparse gradients")
         elif _requires_grad(wd):

@@ -1,5 +1,6 @@
 """The ``torch.optim``-shaped namespace: ``import torchstep.optim as optim`` replaces ``torch.optim``."""
 
+from .. import backends  # noqa: F401 -- installs the backends' group runner into core (torchstep.core.runner)
 from ..algorithms.adabelief import AdaBelief
 from ..algorithms.adadelta import Adadelta
 from ..algorithms.adafactor import Adafactor

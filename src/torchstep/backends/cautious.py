@@ -43,49 +43,47 @@ from typing import Any, Callable
 
 import torch
 
-from . import wrappers
+from ..core import wrappers
+from ..core.state import ensure_state
+from .memo import FunctionCache, scalar_structure
+from .trace import NotTraceable, Program, trace
 
-_increment_only: dict[tuple, bool] = {}
+_increment_only = FunctionCache()  # update function -> {structure: moves by increments?}
 
 
-def _structure(value: Any) -> Any:
-    return value if isinstance(value, (bool, str)) or value is None else "#"
+def adds_an_increment(program: Program, name: str = "p") -> bool:
+    """Whether ``program`` writes ``name`` as its old value plus terms that do not read it, and
+    nothing else it writes reads ``name``."""
+    chain, tainted = {program.input_node(name)}, set()  # chain: the input plus increments free of it
+    for node in range(len(program.nodes)):
+        touched = [a for a in program.operands(node) if a in chain or a in tainted]
+        if len(touched) == 1 and touched[0] in chain and touched[0] in program.accumulators(node):
+            chain.add(node)
+        elif touched:
+            tainted.add(node)
+    return program.final(name) in chain and not any(
+        j in chain or j in tainted for n, j in program.outputs.items() if n != name)
 
 
 def moves_by_increments(algo: Any, group: dict) -> bool:
     """Whether ``algo``'s update only adds to ``p`` terms that do not depend on ``p`` (and nothing
-    else reads ``p``): traced once with placeholders, at a step past the first."""
-    from ..backends.trace import NotTraceable, trace  # a late import: the backends import this module
-
+    else reads ``p``): traced once per update function and structure, at a step past the first."""
     scalars = algo.scalars(group, 2.0 if algo.counts_steps else None, False)
     if algo.advance is not None:
         scalars = {**scalars, **algo.advance(scalars, **{n: torch.ones(()) for n in algo.scalar_state})}
     names = algo.elementwise_names(group)
-    key = (algo.update, names, tuple((k, _structure(v)) for k, v in sorted(scalars.items())))
-    if key not in _increment_only:
+    structure = (names, scalar_structure(scalars))
+    found = _increment_only.get(algo.update, structure)
+    if found is None:
         try:
             program = trace(lambda p, g, **rest: algo.update(p, g, **rest), ["p", "g", *names], ["p", *names],
                             scalars)
         except NotTraceable:  # cannot be checked, so not taken
-            _increment_only[key] = False
-            return False
-        chain, tainted = {0}, set()  # node 0 is p; chain: p plus p-free increments
-        for i, (op, *args) in enumerate(program.nodes):
-            if op in ("in", "arg", "const"):
-                continue
-            touched = [a for a in args if a in chain or a in tainted]
-            if op in ("add", "sub") and len(touched) == 1 and args[0] in chain:
-                chain.add(i)
-            elif op == "add" and len(touched) == 1 and args[1] in chain:
-                chain.add(i)
-            elif op == "fma" and len(touched) == 1 and args[2] in chain:  # p + x * y, x and y p-free
-                chain.add(i)
-            elif touched:
-                tainted.add(i)
-        finals = program.outputs
-        _increment_only[key] = finals.get("p", 0) in chain and not any(
-            j in chain or j in tainted for n, j in finals.items() if n != "p")
-    return _increment_only[key]
+            found = False
+        else:
+            found = adds_an_increment(program)
+        _increment_only.put(algo.update, structure, found)
+    return found
 
 
 def _prepare(p: torch.Tensor, group: dict, grad_scale: Any, algo: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +114,7 @@ def mask_step_(p: torch.Tensor, start: torch.Tensor, grad: torch.Tensor) -> None
     p.copy_(start.add_(agree.mul_(p).mul_(scale)))
 
 
-def step_group(opt: Any, group: dict, grad_scale: Any, run: Callable[[Any, dict, Any], None]) -> None:
+def run_cautiously(opt: Any, group: dict, grad_scale: Any, run: Callable[[Any, dict, Any], None]) -> None:
     """Run ``run(opt, group, grad_scale)`` -- the group's ordinary step on any backend -- as a
     cautious step (see the module docstring)."""
     if group.get("differentiable", False):
@@ -126,8 +124,6 @@ def step_group(opt: Any, group: dict, grad_scale: Any, run: Callable[[Any, dict,
             f"{type(opt).__name__} cannot take cautious updates (cautious=True): its update does more to "
             "the parameter than add an increment independent of it"
         )
-    from ..backends.reference import ensure_state  # a late import: the backends import this module
-
     scale = None if grad_scale is None else float(grad_scale)
     params = [p for p in group["params"] if p.grad is not None]
     names = opt.algorithm.state_names(group)
