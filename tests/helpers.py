@@ -1,4 +1,5 @@
-"""Shared machinery: twin parameter sets, a fixed gradient stream, and comparisons."""
+"""Shared machinery: twin parameter sets, the one gradient stream every parity test runs on
+(:func:`grads_at`), and comparisons."""
 
 from __future__ import annotations
 
@@ -35,15 +36,33 @@ def groups_for(params: list[torch.Tensor], group2: dict) -> list[dict]:
     return [{"params": params[:half]}, {"params": params[half:], **clone_hyper(group2)}]
 
 
-def set_grads(step: int, pairs: list[tuple[torch.Tensor, torch.Tensor]], seed: int = 1) -> None:
-    """The same gradient on both twins; every 5th step the last parameter gets none."""
+def grads_at(step: int, params: list[torch.Tensor], skipping: bool = True, seed: int = 1) -> list[torch.Tensor | None]:
+    """The gradient stream: step ``step``'s gradients for ``params`` (float64 draws cast to each
+    parameter's dtype, from a generator seeded ``seed * 1000 + step``); with ``skipping`` the last
+    parameter gets none every 5th step (a parameter that skips steps keeps its own counters)."""
     gen = torch.Generator().manual_seed(seed * 1000 + step)
-    for i, (a, b) in enumerate(pairs):
-        if step % 5 == 4 and i == len(pairs) - 1:
-            a.grad = b.grad = None
+    skip = skipping and step % 5 == 4
+    out: list[torch.Tensor | None] = []
+    for i, p in enumerate(params):
+        if skip and i == len(params) - 1:
+            out.append(None)
             continue
-        g = torch.randn(a.shape, generator=gen, dtype=torch.float64).to(a.dtype)
-        a.grad, b.grad = g.clone(), g.clone()
+        out.append(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
+    return out
+
+
+def set_grads(step: int, pairs: list[tuple[torch.Tensor, torch.Tensor]], seed: int = 1, skipping: bool = True) -> None:
+    """The same gradient of :func:`grads_at` on both twins."""
+    for (a, b), g in zip(pairs, grads_at(step, [a for a, _ in pairs], skipping, seed)):
+        a.grad, b.grad = (None, None) if g is None else (g.clone(), g.clone())
+
+
+def run_steps(opt, params: list[torch.Tensor], steps: range, skipping: bool = True) -> None:
+    """Step ``opt`` over ``steps`` of the gradient stream (fresh copies for each optimizer)."""
+    for step in steps:
+        for p, g in zip(params, grads_at(step, params, skipping)):
+            p.grad = None if g is None else g.clone()
+        opt.step()
 
 
 def build(algo: str, params: Any, kwargs: dict, lib: str):

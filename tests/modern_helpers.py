@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import torch
 
+from helpers import grads_at
 from helpers import through_disk as _through_disk
 from helpers import twin
 from registry import TOLERANCE
@@ -24,14 +25,14 @@ def make_params(dtype: torch.dtype, shapes=SHAPES, seed: int = 0, zero: int | No
 
 
 def set_grads(step: int, pairs: list[tuple[torch.Tensor, torch.Tensor]], pull: float = 0.0, skip_last: bool = True) -> None:
-    """The same gradient on both twins: noise plus ``pull * (p - 1)`` (a quadratic pulling the
-    parameters towards 1, so distance estimates grow); the last parameter gets none every 5th step."""
-    gen = torch.Generator().manual_seed(7000 + step)
-    for i, (a, b) in enumerate(pairs):
-        if skip_last and step % 5 == 4 and i == len(pairs) - 1:
+    """The same gradient on both twins: the gradient stream of :func:`helpers.grads_at` (its
+    seed 7) plus ``pull * (p - 1)`` (a quadratic pulling the parameters towards 1, so distance
+    estimates grow); the last parameter gets none every 5th step."""
+    for (a, b), g in zip(pairs, grads_at(step, [a for a, _ in pairs], skip_last, seed=7)):
+        if g is None:
             a.grad = b.grad = None
             continue
-        g = torch.randn(a.shape, generator=gen, dtype=torch.float64).to(a.dtype) + pull * (a.detach() - 1)
+        g = g + pull * (a.detach() - 1)
         a.grad, b.grad = g.clone(), g.clone()
 
 

@@ -1,35 +1,68 @@
 """The one registry the optimizer tests run over.
 
-``CASES`` lists, per algorithm, every option of torch 2.13's constructor and the combinations
-torch allows (as a product of small grids, filtered to the valid ones). ``ERRORS`` lists every
-invalid argument torch rejects, with the exception type and a pattern the message must match.
-``TOLERANCE`` gives the parity tolerances per dtype.
+``ALGORITHMS`` maps every optimizer class of ``torchstep.optim`` to an :class:`Algorithm`: the
+class, the oracle it is checked against (torch.optim 2.13's class of the same name, or a reference
+package for the algorithms torch lacks), its option-grid rows, its invalid-argument cases
+(exception type and a pattern the message must match), per-backend tolerance overrides, whether
+it claims a fused path, and a representative configuration. Parity, error and launch-count tests
+are parametrized from it; ``CASES`` / ``ROWS`` / ``ERRORS`` / ``REPRESENTATIVE`` are views of it.
+
+Rows differ in what torchstep computes: ``foreach`` / ``fused`` / ``capturable`` select the same
+torchstep code for every option (``fused=False`` / ``foreach=False`` the reference path, which
+the parity tests also run as a backend), so each flag value appears in one row per algorithm --
+proof that it is accepted and matches torch -- instead of being crossed with the whole grid.
+
+``TOLERANCE`` is the one tolerance table (per dtype); :func:`tolerance` applies an algorithm's
+per-backend and a row's own overrides to it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+import adabelief_pytorch
+import lion_pytorch
+import pytorch_optimizer
 import torch
+
+import torchstep.optim as ts_optim
+from helpers import SHAPES
 
 TOLERANCE = {
     torch.float32: dict(rtol=1e-5, atol=1e-6),
     torch.float64: dict(rtol=1e-10, atol=1e-12),
 }
+BACKENDS = ("fused", "reference")
+IMPL_FLAGS = frozenset({"foreach", "fused", "capturable"})
+
+Oracle = Callable[[list, dict], Any]  # (param groups, constructor kwargs) -> an optimizer
 
 
 @dataclass(frozen=True)
 class Case:
-    """One optimizer configuration: ``kwargs`` for the constructor, ``group2`` overrides for a
-    second parameter group; ``torch_kwargs`` replaces kwargs for the torch oracle where torch can
-    only run a different (result-equivalent) implementation on this machine."""
+    """One configuration: ``kwargs`` for the constructor, ``group2`` overrides for a second
+    parameter group; ``torch_kwargs`` replaces kwargs for the oracle where it can only run a
+    different (result-equivalent) implementation on this machine; ``oracle`` replaces the
+    algorithm's oracle for this row; ``skipping``: may a parameter skip steps (only where the
+    oracle counts steps per parameter); ``tol``: dtype -> tolerance, where this row needs its own."""
 
     algo: str
     kwargs: dict
     group2: dict = field(default_factory=dict)
     torch_kwargs: dict | None = None
+    oracle: Oracle | None = None
+    skipping: bool = True
+    shapes: tuple = tuple(SHAPES)
+    tol: dict | None = None
+
+    @property
+    def oracle_kwargs(self) -> dict:
+        return self.kwargs if self.torch_kwargs is None else self.torch_kwargs
 
     @property
     def id(self) -> str:
@@ -38,9 +71,54 @@ class Case:
                 return f"T{v.item():g}"
             if isinstance(v, tuple):
                 return "(" + ",".join(fmt(x) for x in v) + ")"
+            if callable(v):
+                return getattr(v, "__name__", "fn")
             return f"{v}"
 
-        return self.algo + "-" + "-".join(f"{k}={fmt(v)}" for k, v in self.kwargs.items())
+        return self.algo + "-" + ("-".join(f"{k}={fmt(v)}" for k, v in self.kwargs.items()) or "defaults")
+
+
+Row = Case
+
+
+@dataclass
+class Algorithm:
+    """An optimizer and everything the tests check it against."""
+
+    name: str
+    oracle: Oracle | None  # None: checked in its own test module (named in ``checked_in``)
+    oracle_name: str
+    rows: list[Case] = field(default_factory=list)
+    errors: list[tuple[dict, type, str]] = field(default_factory=list)
+    representative: dict | None = None
+    fused: bool = False  # claims a fused path (tests/test_fused_launches.py counts its kernel launches)
+    launch_configs: list[dict] = field(default_factory=lambda: [{}])  # configurations whose launches are counted
+    state_names: dict | None = None  # our state key -> the oracle's (None: the same keys, compared whole)
+    tolerance: dict = field(default_factory=dict)  # backend -> dtype -> tolerance override
+    checked_in: str = "tests/test_parity.py"
+    # constructor options no parity row can show (the oracle lacks them or deliberately differs):
+    # option -> the test that checks them
+    tested_elsewhere: dict = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type:
+        return getattr(ts_optim, self.name)
+
+
+def torch_oracle(name: str) -> Oracle:
+    def build(groups: list, kwargs: dict):
+        return getattr(torch.optim, name)(groups, **kwargs)
+
+    build.__name__ = f"torch.optim.{name}"
+    return build
+
+
+def tolerance(algo: str, dtype: torch.dtype, backend: str = "reference", row: Case | None = None) -> dict:
+    """The parity tolerance of ``algo`` in ``dtype`` on ``backend``: the row's own, else the
+    algorithm's for that backend, else the table's."""
+    if row is not None and row.tol and dtype in row.tol:
+        return row.tol[dtype]
+    return ALGORITHMS[algo].tolerance.get(backend, {}).get(dtype, TOLERANCE[dtype])
 
 
 def _grid(algo: str, group2: dict, **axes: list) -> list[Case]:
@@ -48,16 +126,20 @@ def _grid(algo: str, group2: dict, **axes: list) -> list[Case]:
     return [Case(algo, dict(zip(keys, values)), group2) for values in itertools.product(*axes.values())]
 
 
-# implementation switches: they choose a code path, never a different result
-_IMPL_SGD = [dict(), dict(foreach=True), dict(fused=True), dict(foreach=False)]
-_IMPL_ADAM = [dict(), dict(foreach=True), dict(fused=True), dict(capturable=True)]
-_IMPL_PLAIN = [dict(), dict(foreach=True)]
-_IMPL_CAPTURABLE = [dict(), dict(foreach=True), dict(capturable=True)]
+# implementation switches: torchstep runs the same code for every value (fused=False /
+# foreach=False: the reference path, which the parity tests also run as a backend), so each value
+# is one row per algorithm, not a copy of the whole grid
+_IMPL_SGD = [dict(foreach=True), dict(fused=True), dict(foreach=False), dict(fused=False)]
+_IMPL_ADAM = [dict(foreach=True), dict(fused=True), dict(capturable=True), dict(foreach=False), dict(fused=False)]
+_IMPL_CAPTURABLE = [dict(foreach=True), dict(capturable=True), dict(foreach=False)]
 
 
 def _with_impl(cases: list[Case], impls: list[dict]) -> list[Case]:
-    out = []
-    for c, impl in itertools.product(cases, impls):
+    """``cases`` and, for each flag value of ``impls``, one row: the flag on a grid row, taken
+    from the option-rich end of the grid and a different row for each flag."""
+    out = list(cases)
+    for i, impl in enumerate(impls):
+        c = cases[-1 - (i * len(cases)) // len(impls)]
         torch_kwargs = None
         if impl.get("capturable"):
             # torch refuses capturable=True on CPU tensors; on CPU it is the same math as the default
@@ -166,10 +248,6 @@ for _algo in ["SGD", "Adam", "AdamW", "Adagrad"]:
         (_algo, dict(fused=True, differentiable=True), RuntimeError, r"`fused` does not support `differentiable`"),
         (_algo, dict(fused=True, foreach=True), RuntimeError, r"`fused` and `foreach` cannot be `True` together"),
     ]
-# rows where torch fails with another exception type before its own check runs (here: comparing a
-# 2-element tensor with a float); torchstep raises the ValueError torch's check intends
-TORCH_FAILS_DIFFERENTLY: dict[str, type] = {}  # pattern -> the type torch raises, where it differs
-
 ERRORS += [
     ("SGD", dict(momentum=-0.5), ValueError, r"Invalid momentum value: -0\.5 \(momentum must be"),
     ("SGD", dict(nesterov=True), ValueError, r"Nesterov momentum requires a momentum and zero dampening \(got momentum=0"),
@@ -292,3 +370,236 @@ ERRORS += [
     ("Rprop", dict(etas=(0.5, 1.0)), ValueError, r"Invalid eta values: 0\.5, 1\.0 \(etas must satisfy"),
     ("Rprop", dict(etas=(0.5, 0.9)), ValueError, r"Invalid eta values: 0\.5, 0\.9 \(etas must satisfy"),
 ]
+
+
+# -- Lion, Adan, AdaBelief, ADOPT, AdEMAMix: checked against reference packages -----------------
+# The authors' package where one is published (adabelief-pytorch), lion-pytorch for Lion,
+# pytorch-optimizer otherwise (the authors' Adan, ADOPT and AdEMAMix code is not packaged). A
+# reference takes other argument names; each builder maps ours to its.
+
+def _renamed(options: dict, names: dict) -> dict:
+    return {names.get(k, k): v for k, v in options.items()}
+
+
+def _pytorch_optimizer(cls_name: str, names: dict, fixed: dict) -> Callable:
+    """A builder for ``pytorch_optimizer.<cls_name>``: our option names mapped by ``names``, plus
+    ``fixed`` options; its per-parameter (not foreach) path, whose operation order ours follows."""
+    cls = getattr(pytorch_optimizer, cls_name)
+
+    def build(groups: list[dict], kwargs: dict):
+        renamed = [_renamed(g, names) for g in groups]
+        return cls(renamed, **{**fixed, **_renamed(kwargs, names), "foreach": False})
+
+    return build
+
+
+def lion_reference(groups: list[dict], kwargs: dict):
+    return lion_pytorch.Lion(groups, **kwargs)
+
+
+def adabelief_reference(groups: list[dict], kwargs: dict):
+    names = {"decoupled_weight_decay": "weight_decouple"}
+    with contextlib.redirect_stdout(io.StringIO()):  # the package announces its options
+        return adabelief_pytorch.AdaBelief(groups, **_renamed(kwargs, names), print_change_log=False)
+
+
+def ademamix_reference(groups: list[dict], kwargs: dict):
+    """pytorch-optimizer has one warmup length for alpha and beta3 (rows set both alike), and its
+    default alpha is 5 where the authors' is 2."""
+    def rename(options: dict) -> dict:
+        out = {k: v for k, v in options.items() if k not in ("alpha_warmup", "beta3_warmup")}
+        if "alpha_warmup" in options:
+            out["t_alpha_beta3"] = options["alpha_warmup"]
+        return out
+
+    return pytorch_optimizer.AdEMAMix([rename(g) for g in groups], **{"alpha": 2.0, **rename(kwargs)},
+                                      weight_decouple=True, foreach=False)
+
+
+PYOPT_LION = _pytorch_optimizer("Lion", {}, dict(weight_decouple=True))
+PYOPT_ADAN = _pytorch_optimizer("Adan", {"no_prox": "weight_decouple"}, {})
+PYOPT_ADOPT = _pytorch_optimizer("ADOPT", {"decoupled_weight_decay": "weight_decouple"}, {})
+
+# our state key -> the reference's, per algorithm
+STATE_NAMES = {
+    "Lion": {"exp_avg": "exp_avg"},
+    "Adan": {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "exp_avg_diff": "exp_avg_diff",
+             "neg_pre_grad": "previous_grad"},
+    "AdaBelief": {"exp_avg": "exp_avg", "exp_avg_var": "exp_avg_var", "max_exp_avg_var": "max_exp_avg_var"},
+    "ADOPT": {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"},
+    "AdEMAMix": {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "exp_avg_slow": "exp_avg_slow"},
+}
+
+
+
+def _quarter_plus_half(step: float) -> float:
+    return 0.5 + step**0.25
+
+
+def _ref(algo: str, kwargs: dict, group2: dict, oracle: Oracle, skipping: bool = False, **more) -> Case:
+    """A reference-package row; ``skipping`` only where the reference counts steps per parameter."""
+    return Case(algo, kwargs, group2, oracle=oracle, skipping=skipping, **more)
+
+
+MODERN_ROWS = [
+    # Lion: lion-pytorch, and pytorch-optimizer for maximize / cautious
+    _ref("Lion", {}, {"lr": 3e-4, "betas": (0.95, 0.98), "weight_decay": 0.1}, lion_reference, skipping=True),
+    _ref("Lion", {"lr": 1e-3, "weight_decay": 0.5}, {"weight_decay": 0.0}, lion_reference, skipping=True),
+    _ref("Lion", {"lr": 1e-3, "weight_decay": 0.1, "maximize": True}, {"lr": 2e-3}, PYOPT_LION),
+    _ref("Lion", {"lr": 1e-3, "weight_decay": 0.1, "cautious": True}, {"lr": 2e-3, "weight_decay": 0.0}, PYOPT_LION),
+    _ref("Lion", {"lr": 1e-3, "maximize": True, "cautious": True}, {"betas": (0.5, 0.9)}, PYOPT_LION),
+    # Adan: pytorch-optimizer (its weight_decouple is the authors' no_prox)
+    _ref("Adan", {}, {"lr": 3e-3, "betas": (0.9, 0.9, 0.999)}, PYOPT_ADAN),
+    _ref("Adan", {"lr": 1e-2, "weight_decay": 0.05}, {"weight_decay": 0.0, "eps": 1e-6}, PYOPT_ADAN),
+    _ref("Adan", {"lr": 1e-2, "weight_decay": 0.05, "no_prox": True}, {"no_prox": False}, PYOPT_ADAN),
+    # pytorch-optimizer sums the squared norms in float32, so float64 agrees to about 1e-7; its
+    # clip factor has shape [1], which its in-place multiply cannot broadcast into a 0-d gradient
+    _ref("Adan", {"lr": 1e-2, "max_grad_norm": 1.0}, {"lr": 3e-3}, PYOPT_ADAN,
+         tol={torch.float64: dict(rtol=1e-6, atol=1e-8)}, shapes=tuple(SHAPES[1:])),
+    # AdaBelief: the authors' package (its options are per optimizer, so group 2 varies the rest)
+    _ref("AdaBelief", {}, {"lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-12}, adabelief_reference, skipping=True),
+    _ref("AdaBelief", {"lr": 1e-2, "weight_decay": 0.1}, {"weight_decay": 0.0}, adabelief_reference, skipping=True),
+    _ref("AdaBelief", {"decoupled_weight_decay": False, "weight_decay": 0.1}, {"lr": 3e-3}, adabelief_reference,
+         skipping=True),
+    _ref("AdaBelief", {"rectify": False, "eps": 1e-8}, {"betas": (0.5, 0.9)}, adabelief_reference, skipping=True),
+    _ref("AdaBelief", {"rectify": False, "amsgrad": True}, {"amsgrad": False, "lr": 3e-3}, adabelief_reference,
+         skipping=True),
+    _ref("AdaBelief", {"degenerated_to_sgd": False}, {"betas": (0.9, 0.99)}, adabelief_reference, skipping=True),
+    # ADOPT: pytorch-optimizer
+    _ref("ADOPT", {}, {"lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-8}, PYOPT_ADOPT),
+    _ref("ADOPT", {"clip_lambda": None, "lr": 1e-2}, {"betas": (0.5, 0.5)}, PYOPT_ADOPT),
+    _ref("ADOPT", {"clip_lambda": _quarter_plus_half}, {"lr": 3e-3}, PYOPT_ADOPT),
+    _ref("ADOPT", {"weight_decay": 0.1}, {"weight_decay": 0.0}, PYOPT_ADOPT),
+    _ref("ADOPT", {"weight_decay": 0.1, "decoupled_weight_decay": True}, {"decoupled_weight_decay": False}, PYOPT_ADOPT),
+    _ref("ADOPT", {"maximize": True, "weight_decay": 0.1}, {"lr": 3e-3}, PYOPT_ADOPT),
+    _ref("ADOPT", {"cautious": True, "lr": 1e-2}, {"lr": 3e-3}, PYOPT_ADOPT),
+    # AdEMAMix: pytorch-optimizer (one warmup length for both, so rows keep them equal)
+    _ref("AdEMAMix", {}, {"lr": 3e-3, "betas": (0.8, 0.99, 0.999), "alpha": 5.0, "eps": 1e-6}, ademamix_reference),
+    _ref("AdEMAMix", {"alpha": 5.0, "alpha_warmup": 10, "beta3_warmup": 10, "lr": 1e-2},
+         {"alpha_warmup": 20, "beta3_warmup": 20}, ademamix_reference),
+    _ref("AdEMAMix", {"weight_decay": 0.1, "lr": 1e-2}, {"weight_decay": 0.0}, ademamix_reference),
+    _ref("AdEMAMix", {"maximize": True, "weight_decay": 0.1}, {"lr": 3e-3}, ademamix_reference),
+    # cautious: pytorch-optimizer masks only the fast term, which is the whole step when alpha = 0
+    _ref("AdEMAMix", {"cautious": True, "alpha": 0.0, "lr": 1e-2}, {"lr": 3e-3}, ademamix_reference),
+]
+
+
+def _with_foreach(rows: list[Case]) -> list[Case]:
+    """``rows`` and, per algorithm, its first row with foreach=True and with foreach=False (the
+    reference packages take no such flag: their oracle gets the row's other options)."""
+    out = list(rows)
+    for algo in dict.fromkeys(r.algo for r in rows):
+        first = next(r for r in rows if r.algo == algo)
+        for value in (True, False):
+            out.append(dataclasses.replace(first, kwargs={**first.kwargs, "foreach": value}, torch_kwargs=first.kwargs))
+    return out
+
+
+MODERN_ROWS = _with_foreach(MODERN_ROWS)
+_MAXIMIZE_ELSEWHERE = "tests/test_modern_elementwise.py::test_maximize_is_minimizing_the_negated_objective"
+_CAUTIOUS_ELSEWHERE = "tests/test_cautious.py (the cautious stage against the authors' formula)"
+_ELSEWHERE = {
+    "Adan": {"maximize": _MAXIMIZE_ELSEWHERE + " (pytorch-optimizer's differs: tests/test_modern_differences.py)",
+             "cautious": _CAUTIOUS_ELSEWHERE},
+    "AdaBelief": {"maximize": _MAXIMIZE_ELSEWHERE + " (adabelief-pytorch has none)", "cautious": _CAUTIOUS_ELSEWHERE},
+}
+
+MODERN_ERRORS = [
+    ("Lion", dict(lr=-1.0), ValueError, r"Invalid learning rate: -1.0 \(lr must be >= 0.0\)"),
+    ("Lion", dict(betas=(0.9, 1.0)), ValueError, r"Invalid beta parameter at index 1: 1.0 \(betas\[1\] must be in \[0.0, 1.0\)\)"),
+    ("Lion", dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0.1 \(weight_decay must be >= 0.0\)"),
+    ("Adan", dict(betas=(0.9, 0.9)), ValueError, r"Invalid betas.*betas must have 3 items"),
+    ("Adan", dict(betas=(0.9, 0.9, -0.1)), ValueError, r"beta parameter at index 2: -0.1 \(betas\[2\] must be in"),
+    ("Adan", dict(max_grad_norm=-1.0), ValueError, r"Invalid max_grad_norm value: -1.0 \(max_grad_norm must be >= 0.0\)"),
+    ("Adan", dict(eps=-1e-8), ValueError, r"Invalid epsilon value: -1e-08 \(eps must be >= 0.0\)"),
+    ("Adan", dict(betas=0.9), TypeError, r"Invalid betas.*must be a sequence"),
+    ("AdaBelief", dict(eps=-1.0), ValueError, r"Invalid epsilon value: -1.0 \(eps must be >= 0.0\)"),
+    ("AdaBelief", dict(betas=(1.5, 0.999)), ValueError, r"beta parameter at index 0: 1.5"),
+    ("AdaBelief", dict(lr=float("nan")), ValueError, r"Invalid learning rate: nan"),
+    ("ADOPT", dict(clip_lambda=0.25), TypeError, r"Invalid clip_lambda: 0.25 \(clip_lambda must be a callable or None"),
+    ("ADOPT", dict(weight_decay=-1), ValueError, r"Invalid weight_decay value: -1"),
+    # as torch indexes Adam's betas
+    ("ADOPT", dict(betas=(0.9,)), IndexError, r"tuple index out of range \(betas must be a pair \(beta1, beta2\); got \(0.9,\)\)"),
+    ("AdEMAMix", dict(alpha=-1.0), ValueError, r"Invalid alpha value: -1.0 \(alpha must be >= 0.0\)"),
+    ("AdEMAMix", dict(alpha_warmup=0), ValueError, r"alpha_warmup must be an integer >= 1; got 0"),
+    ("AdEMAMix", dict(beta3_warmup=2.5), ValueError, r"beta3_warmup must be an integer >= 1; got 2.5"),
+    ("AdEMAMix", dict(betas=(0.9, 0.999, 1.0)), ValueError, r"beta parameter at index 2: 1.0"),
+]
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+_TORCH = ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]
+_MODERN = {"Lion": "lion-pytorch 0.2.5; pytorch-optimizer 4.1.0", "Adan": "pytorch-optimizer 4.1.0",
+           "AdaBelief": "adabelief-pytorch 0.2.1", "ADOPT": "pytorch-optimizer 4.1.0", "AdEMAMix": "pytorch-optimizer 4.1.0"}
+# algorithms whose parity lives in a module of their own (their oracles need more than a row:
+# train/eval modes, closures, per-tensor references, a wrapped optimizer): oracle, module, fused?
+_OWN_MODULE = {
+    "SparseAdam": ("torch.optim.SparseAdam", "tests/test_sparse.py", False),
+    "LBFGS": ("torch.optim.LBFGS", "tests/test_lbfgs.py", False),
+    "Adafactor": ("torch.optim.Adafactor", "tests/test_adafactor.py", False),
+    "Muon": ("torch.optim.Muon", "tests/test_muon.py", False),
+    "Lamb": ("pytorch-optimizer 4.1.0", "tests/test_modern_trust.py", True),
+    "LARS": ("pytorch-optimizer 4.1.0", "tests/test_modern_trust.py", True),
+    "Prodigy": ("prodigyopt 1.1.2", "tests/test_prodigy.py", False),
+    "SGDScheduleFree": ("schedulefree 1.4.1", "tests/test_schedulefree.py", True),
+    "AdamWScheduleFree": ("schedulefree 1.4.1", "tests/test_schedulefree.py", True),
+    "Lookahead": ("pytorch-optimizer 4.1.0", "tests/test_lookahead.py", False),
+}
+# configurations whose kernel launches are counted: a plain one, and each option that adds a
+# stage or changes the kernel's structure
+_LAUNCHES = {
+    "SGD": [dict(lr=0.1), dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True)],
+    "Adam": [dict(lr=1e-2), dict(lr=1e-2, amsgrad=True, weight_decay=0.1), dict(lr=1e-2, cautious=True)],
+    "AdamW": [dict(lr=1e-2, weight_decay=0.1)],
+    "Adagrad": [dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)],
+    "Adadelta": [dict(lr=1.0, weight_decay=0.01)],
+    "RMSprop": [dict(lr=1e-2), dict(lr=1e-2, momentum=0.5, centered=True)],
+    "Adamax": [dict(lr=1e-2, weight_decay=0.1)],
+    "NAdam": [dict(lr=1e-2, momentum_decay=0.1), dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)],
+    "RAdam": [dict(lr=1e-2, betas=(0.9, 0.9))],
+    "ASGD": [dict(lr=0.05, lambd=0.1, t0=2.0)],
+    "Rprop": [dict(lr=1e-2)],
+    "Lion": [dict(lr=1e-3, weight_decay=0.1), dict(lr=1e-3, cautious=True)],
+    "Adan": [dict(lr=1e-2, weight_decay=0.05), dict(lr=1e-2, max_grad_norm=1.0, no_prox=True, weight_decay=0.05)],
+    "AdaBelief": [dict(lr=1e-2), dict(lr=1e-2, amsgrad=True, rectify=False, decoupled_weight_decay=False, weight_decay=0.1)],
+    "ADOPT": [dict(lr=1e-2), dict(lr=1e-2, cautious=True, weight_decay=0.1)],
+    "AdEMAMix": [dict(lr=1e-2, alpha_warmup=3, beta3_warmup=3)],
+    "Lamb": [dict(lr=1e-2, weight_decay=0.1), dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True,
+                                                 bias_correction=False, maximize=True)],
+    "LARS": [dict(lr=0.5, weight_decay=0.01, nesterov=True), dict(lr=0.5, momentum=0.0)],
+    "SGDScheduleFree": [dict(lr=0.1, momentum=0.5, weight_decay=0.01)],
+    "AdamWScheduleFree": [dict(lr=0.01, weight_decay=0.05, warmup_steps=3)],
+}
+
+
+def _register() -> dict[str, Algorithm]:
+    out: dict[str, Algorithm] = {}
+    for name in _TORCH:
+        out[name] = Algorithm(name, torch_oracle(name), f"torch.optim.{name} (torch 2.13)",
+                              rows=[c for c in CASES if c.algo == name], representative=REPRESENTATIVE[name], fused=True)
+    for name, source in _MODERN.items():
+        out[name] = Algorithm(name, None, source, rows=[r for r in MODERN_ROWS if r.algo == name], fused=True,
+                              state_names=STATE_NAMES[name], tested_elsewhere=_ELSEWHERE.get(name, {}))
+    for name, (source, module, fused) in _OWN_MODULE.items():
+        out[name] = Algorithm(name, None, source, fused=fused, checked_in=module)
+    for algo, kwargs, exc, pattern in ERRORS + MODERN_ERRORS:
+        out[algo].errors.append((kwargs, exc, pattern))
+    for name, configs in _LAUNCHES.items():
+        out[name].launch_configs = configs
+    return out
+
+
+ALGORITHMS: dict[str, Algorithm] = _register()
+
+# views of the registry
+CASES = [c for a in ALGORITHMS.values() if a.name in _TORCH for c in a.rows]  # the torch.optim rows
+ROWS = [c for a in ALGORITHMS.values() if a.name in _MODERN for c in a.rows]  # the reference-package rows
+PARITY_ROWS = CASES + ROWS
+ERRORS = [(a.name, *e) for a in ALGORITHMS.values() for e in a.errors]
+REPRESENTATIVE = {a.name: a.representative for a in ALGORITHMS.values() if a.representative is not None}
+
+
+def oracle_for(row: Case) -> Oracle:
+    """The optimizer ``row`` is checked against: its own, else its algorithm's."""
+    return row.oracle or ALGORITHMS[row.algo].oracle

@@ -12,14 +12,15 @@ import torchstep.optim as ts_optim
 from torchstep.backends import use
 from torchstep.backends.cautious import make_cautious
 
-from helpers import make_params
+from helpers import grads_at, make_params
 
 F64 = dict(rtol=1e-10, atol=1e-12)
 BACKENDS = ["fused", "reference"]
 
 
 def _grad(step: int, p: torch.Tensor) -> torch.Tensor:
-    return torch.randn(p.shape, generator=torch.Generator().manual_seed(100 + step), dtype=p.dtype)
+    """``p``'s gradient at ``step``, from the shared gradient stream."""
+    return grads_at(step, [p], skipping=False)[0]
 
 
 def _cautious_adam_oracle(params, steps, lr, wd, decoupled, beta1=0.9, beta2=0.999, eps=1e-8):

@@ -172,15 +172,6 @@ def test_no_compiler_falls_back(monkeypatch):
         ts_optim.Adam([p], lr=0.1).step()
 
 
-def test_fused_false_and_foreach_false_take_the_loop_silently():
-    for kwargs in (dict(fused=False), dict(foreach=False)):
-        p = torch.nn.Parameter(torch.randn(3))
-        p.grad = torch.ones(3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            ts_optim.Adam([p], lr=0.1, **kwargs).step()
-
-
 def test_forcing_fused_raises_instead_of_falling_back():
     p = torch.nn.Parameter(torch.randn(4, device="meta"))
     p.grad = torch.ones_like(p)

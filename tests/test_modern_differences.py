@@ -13,8 +13,10 @@ import torch
 import torchstep.optim as ts_optim
 from torchstep.algorithms.ademamix import alpha_at, beta3_at
 
-from helpers import make_params
-from registry_modern import F64, adabelief_reference, grads_at, run_steps
+from helpers import grads_at, make_params, run_steps
+from registry import TOLERANCE, adabelief_reference
+
+F64 = TOLERANCE[torch.float64]
 
 STEPS = 25
 
