@@ -108,7 +108,7 @@ def _bias(group: dict, step: float) -> dict:
     return {"bias1": 1 - beta1**step, "bias2_sqrt": math.sqrt(1 - beta2**step)} if group["bias_correction"] else {}
 
 
-def _wrappers(group: dict) -> dict:
+def _wrappers(group: dict, context: dict) -> dict:
     """``maximize`` and the decoupled decay (at ``lr`` as a number); the coupled one is in :math:`u_t`."""
     decoupled = group["decoupled_weight_decay"]
     return dict(maximize=group["maximize"], weight_decay=group["weight_decay"] if decoupled else 0,

@@ -47,7 +47,7 @@ class ReferenceLane:
         """Run ``items`` over each tensor in turn; returns every per-tensor value, tensor by tensor."""
         group = self.group
         scalars = self.algo.scalars(group, context)
-        options = self.algo.wrappers(group)
+        options = self.algo.wrappers(group, context)
         for item in items:
             if not item.when(group):
                 continue

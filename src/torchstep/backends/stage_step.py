@@ -24,7 +24,7 @@ def _ensure_state(algo: Any, p: Any, group: dict, state: dict) -> None:
         missing.append("step")
     if missing:
         initial = algo.init(p, group)
-        state.update({n: initial[n] for n in missing})
+        state.update({n: v for n, v in initial.items() if n in missing})  # in the algorithm's key order
 
 
 def step(opt: Any) -> None:

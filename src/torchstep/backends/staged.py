@@ -147,13 +147,13 @@ def _with_wrappers(fn: Callable, maximize: bool, has_wd: bool, decoupled: bool) 
     return stage
 
 
-def wrapped_pass(item: Pass, algo: Staged, group: dict) -> tuple[Callable, tuple, tuple, dict]:
+def wrapped_pass(item: Pass, algo: Staged, group: dict, context: dict) -> tuple[Callable, tuple, tuple, dict]:
     """(function, operands, written operands, extra scalars) of a pass as a kernel runs it: a
     pass reading ``g`` gets the shared wrappers (and writes ``p`` under decoupled decay)."""
     reads, writes = names_of(item.reads, group), names_of(item.writes, group)
     if "g" not in reads:
         return item.fn, reads, writes, {}
-    options = algo.wrappers(group)
+    options = algo.wrappers(group, context)
     wd = wrappers.plain(options.get("weight_decay", 0))
     has_wd = isinstance(wd, torch.Tensor) or wd != 0
     decoupled = has_wd and bool(options.get("decoupled_weight_decay", False))
@@ -180,8 +180,8 @@ class FusedLane:
             return self.grads
         return [s[name] for s in self.plan.states]
 
-    def _pass(self, item: Pass, scalars: dict, per_tensor: list[str]) -> tuple:
-        fn, reads, written, extra = wrapped_pass(item, self.algo, self.group)
+    def _pass(self, item: Pass, context: dict, scalars: dict, per_tensor: list[str]) -> tuple:
+        fn, reads, written, extra = wrapped_pass(item, self.algo, self.group, context)
         return fn, reads, written, {**arguments(item.fn, scalars), **extra}, sorted(arguments(item.fn, dict.fromkeys(per_tensor)))
 
     def prepare(self, context: dict) -> None:
@@ -195,7 +195,7 @@ class FusedLane:
             if isinstance(item, PerTensor) and item.when(group):
                 per_tensor += item.outputs
             elif isinstance(item, Pass) and item.when(group):
-                fn, reads, written, values, names = self._pass(item, scalars, per_tensor)
+                fn, reads, written, values, names = self._pass(item, context, scalars, per_tensor)
                 for (_, dtype), p in buckets.items():
                     try:
                         _kernel(fn, reads, written, values, tuple(names), dtype, fused.kernel_kind(p, force_triton))
@@ -223,7 +223,7 @@ class FusedLane:
             if isinstance(item, PerTensor):
                 self.values.update(item.fn(**arguments(item.fn, {**self.values, **scalars})))
                 continue
-            fn, reads, written, values, names = self._pass(item, scalars, list(self.values))
+            fn, reads, written, values, names = self._pass(item, context, scalars, list(self.values))
             sums = run_pass(fn, {n: self._operand(n) for n in reads}, written, values,
                             {k: self.values[k] for k in names}, self.plan.force_triton, self.plan.passes, norms=True)
             self.values.update(sums)

@@ -86,7 +86,7 @@ class Across:
     fn: Callable[[Any, dict, list], dict | None]
 
 
-def group_wrappers(group: dict) -> dict:
+def group_wrappers(group: dict, context: dict) -> dict:
     """The options of the shared wrappers, read from the group as for element-wise algorithms."""
     return {k: group.get(k, d) for k, d in
             (("maximize", False), ("weight_decay", 0), ("decoupled_weight_decay", False), ("lr", None))}
@@ -99,7 +99,7 @@ class Staged:
     ``state_names(group)``: the tensors of a parameter's state the passes take (``step`` aside);
     ``init(p, group)``: a parameter's whole initial state (a missing entry is taken from it);
     ``counter``: ``"tensor"`` (``step`` a 0-d tensor, bumped before the first pass), ``"int"``
-    (a Python int, bumped after the last pass, Prodigy) or None; ``wrappers(group)``: the
+    (a Python int, bumped after the last pass, Prodigy) or None; ``wrappers(group, context)``: the
     options (``maximize``, ``weight_decay``, ``decoupled_weight_decay``, ``lr``) the shared
     wrappers apply to ``"g"`` -- decay that is part of the algorithm's own math is left out of
     them; ``takes(group)``: whether the group steps at all; ``fusable(group)`` and
@@ -114,7 +114,7 @@ class Staged:
     step_scalars: Callable[[dict, Any], dict] | None = None
     counter: str | None = "tensor"
     context: Callable[[Any], dict] = lambda opt: {}
-    wrappers: Callable[[dict], dict] = group_wrappers
+    wrappers: Callable[[dict, dict], dict] = group_wrappers
     takes: Callable[[dict], bool] = _always
     fusable: Callable[[dict], bool] = _always
     fusable_state: Callable[[torch.Tensor, dict, dict], bool] = lambda p, state, group: True
