@@ -47,7 +47,7 @@ import torch
 
 from ..backends.reference import new_step_tensor
 from ..core import check
-from ..core.wrappers import plain
+from ..core.wrappers import plain, prepare_grad
 from .per_tensor import PerTensorOptimizer
 
 
@@ -136,7 +136,9 @@ class Adafactor(PerTensorOptimizer):
         eps1, eps2 = group["eps"]
         hyper = dict(lr=plain(group["lr"]), beta2_decay=group["beta2_decay"], eps2=eps2, d=group["d"], weight_decay=group["weight_decay"])
         for p in params:
-            g = -p.grad if group["maximize"] else p.grad
+            # maximize from the shared wrapper; the decoupled decay is taken inside the update, after
+            # alpha has read RMS(theta) (torch's order)
+            g = prepare_grad(p, p.grad, group, weight_decay=False)
             if eps1 is None:
                 eps1 = torch.finfo(p.dtype).eps
             adafactor_update(p, g, self.state[p], eps1=eps1, **hyper)
