@@ -198,9 +198,10 @@ class FusedLane:
                 fn, reads, written, values, names = self._pass(item, context, scalars, per_tensor)
                 for (_, dtype), p in buckets.items():
                     try:
-                        _kernel(fn, reads, written, values, tuple(names), dtype, fused.kernel_kind(p, force_triton))
+                        _, program = _kernel(fn, reads, written, values, tuple(names), dtype, fused.kernel_kind(p, force_triton))
                     except NotTraceable as exc:
                         raise cpu_kernel.KernelUnavailable(f"a stage uses an operation the tracer does not model: {exc}") from None
+                    per_tensor += [k for k in program.reductions if k not in per_tensor]
 
     def begin(self) -> None:
         """Bump the ``step`` counters (one operation) and make the per-tensor step scalars."""
