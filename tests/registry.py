@@ -541,7 +541,7 @@ _OWN_MODULE = {
     "Muon": ("torch.optim.Muon", "tests/test_muon.py", False),
     "Lamb": ("pytorch-optimizer 4.1.0", "tests/test_modern_trust.py", True),
     "LARS": ("pytorch-optimizer 4.1.0", "tests/test_modern_trust.py", True),
-    "Prodigy": ("prodigyopt 1.1.2", "tests/test_prodigy.py", False),
+    "Prodigy": ("prodigyopt 1.1.2", "tests/test_prodigy.py", True),
     "SGDScheduleFree": ("schedulefree 1.4.1", "tests/test_schedulefree.py", True),
     "AdamWScheduleFree": ("schedulefree 1.4.1", "tests/test_schedulefree.py", True),
     "Lookahead": ("pytorch-optimizer 4.1.0", "tests/test_lookahead.py", False),
@@ -568,6 +568,7 @@ _LAUNCHES = {
     "Lamb": [dict(lr=1e-2, weight_decay=0.1), dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True,
                                                  bias_correction=False, maximize=True)],
     "LARS": [dict(lr=0.5, weight_decay=0.01, nesterov=True), dict(lr=0.5, momentum=0.0)],
+    "Prodigy": [dict(lr=1.0), dict(lr=1.0, weight_decay=0.1, decouple=False, safeguard_warmup=True, betas=(0.0, 0.99))],
     "SGDScheduleFree": [dict(lr=0.1, momentum=0.5, weight_decay=0.01)],
     "AdamWScheduleFree": [dict(lr=0.01, weight_decay=0.05, warmup_steps=3)],
 }

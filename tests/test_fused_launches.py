@@ -16,6 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from helpers import clone_hyper, make_params, run_steps
 from registry import ALGORITHMS
 from torchstep.backends import fused, use
+from torchstep.core.algorithm import Algorithm
+from torchstep.core.stages import Staged
 
 STEPS = 3
 # a cautious group's masking stage (around the fused pass) zeroes each parameter before the pass
@@ -122,10 +124,8 @@ def test_fused_false_and_foreach_false_take_the_loop_silently(flag, launches):
 def test_every_algorithm_with_a_fused_path_claims_it():
     """An optimizer built on the fused backend (an element-wise ``algorithm`` or fused stages)
     is registered with ``fused=True``, so the launch test above covers it."""
-    from torchstep.core.algorithm import Algorithm
-
     for name, algo in ALGORITHMS.items():
         builds_on_fused = isinstance(getattr(algo.cls, "algorithm", None), Algorithm) or \
-            getattr(algo.cls, "fused_group", None) is not None
+            isinstance(getattr(algo.cls, "stages", None), Staged)
         if builds_on_fused:
             assert algo.fused, name

@@ -45,9 +45,9 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.reference import new_step_tensor
 from ..core import check
-from ..core.wrappers import plain
+from ..core.state import new_step_tensor
+from ..core.wrappers import prepare_grad, squeeze_scalar
 from .per_tensor import PerTensorOptimizer
 
 
@@ -134,9 +134,11 @@ class Adafactor(PerTensorOptimizer):
 
     def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
         eps1, eps2 = group["eps"]
-        hyper = dict(lr=plain(group["lr"]), beta2_decay=group["beta2_decay"], eps2=eps2, d=group["d"], weight_decay=group["weight_decay"])
+        hyper = dict(lr=squeeze_scalar(group["lr"]), beta2_decay=group["beta2_decay"], eps2=eps2, d=group["d"], weight_decay=group["weight_decay"])
         for p in params:
-            g = -p.grad if group["maximize"] else p.grad
+            # maximize from the shared wrapper; the decoupled decay is taken inside the update, after
+            # alpha has read RMS(theta) (torch's order)
+            g = prepare_grad(p, p.grad, group, weight_decay=False)
             if eps1 is None:
                 eps1 = torch.finfo(p.dtype).eps
             adafactor_update(p, g, self.state[p], eps1=eps1, **hyper)

@@ -39,7 +39,7 @@ steps; a checkpoint of theirs loads (its group ``step`` is given to each paramet
 tensors are left untouched (the authors' code clips ``p.grad`` in place). With ``maximize``
 the first gradient difference is zero, as without it (pytorch-optimizer's Adan seeds the
 previous gradient before negating, so its first difference is :math:`-2g_1`). ``cautious=True``: see
-:mod:`torchstep.core.cautious` (the decay, proximal or not, is not masked).
+:mod:`torchstep.backends.cautious` (the decay, proximal or not, is not masked).
 Reference: Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
 Models" (TPAMI 2024), arXiv:2208.06677.
 """
@@ -51,11 +51,11 @@ from typing import Any
 
 import torch
 
-from ..backends.reference import new_step_tensor
 from ..core import check
 from ..core.algorithm import Algorithm
 from ..core.optimizer import Optimizer
-from ..core.wrappers import as_real, plain
+from ..core.state import new_step_tensor
+from ..core.wrappers import as_real, squeeze_scalar
 from ._common import lr_checks
 
 STATE = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
@@ -63,7 +63,7 @@ STATE = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
 
 def scalars(group: dict, step: Any, first: bool) -> dict:
     beta1, beta2, beta3 = group["betas"]
-    lr, shrink, clip = plain(group["lr"]), group.get("step_shrink", 1.0), group.get("clip")
+    lr, shrink, clip = squeeze_scalar(group["lr"]), group.get("step_shrink", 1.0), group.get("clip")
     return {
         "beta1": beta1, "beta2": beta2, "beta3": beta3, "eps": group["eps"], "restart": first or step == 1,
         "step_size": lr / (1 - beta1**step) * shrink, "diff_step_size": lr * beta2 / (1 - beta2**step) * shrink,
@@ -133,7 +133,7 @@ class Adan(Optimizer):
         """``group`` as the backends see it: this step's clip factor, and its weight decay as a
         decoupled decay -- for the proximal form, by the factor 1/(1 + lr * weight_decay), with
         the step scaled by the same (``step_shrink``)."""
-        lr, wd = plain(group["lr"]), group["weight_decay"]
+        lr, wd = squeeze_scalar(group["lr"]), group["weight_decay"]
         shrink = 1.0 if group["no_prox"] else 1 / (1 + lr * wd)
         return dict(group, clip=self._clip, decoupled_weight_decay=True, step_shrink=shrink,
                     weight_decay=wd if group["no_prox"] else wd * shrink)

@@ -25,11 +25,12 @@ parameter groups: ``{"params": ..., "trust_ratio": False, "weight_decay": 0.0}``
 take plain Adam steps (:math:`\rho_t = 1`) without decay.
 
 Not element-wise: the trust ratio needs two norms of each tensor between the moment update and
-the parameter step. ``lamb_update`` is the tensor-by-tensor definition (the reference path); the
-fused path (:mod:`torchstep.backends.staged`) runs the same element-wise pieces
-(``lamb_moments_``, ``lamb_direction``) as two passes over memory: moments plus the sums of
-squares of :math:`\theta` and :math:`u_t` (recomputed, never stored), then -- with
-:math:`\rho_t` computed per tensor from those sums -- :math:`u_t` again and the parameter step.
+the parameter step, so LAMB is written as stages (:mod:`torchstep.core.stages`, ``LAMB_STAGES``):
+:func:`lamb_moments` (the moments; returns :math:`\theta` and :math:`u_t` for their norms),
+:func:`lamb_ratio` (:math:`\rho_t` from the norms), :func:`lamb_step` (:math:`u_t` again, from the
+new moments, and the parameter step). The reference backend runs them tensor by tensor, the fused
+one as two passes over memory (:math:`u_t` is recomputed, never stored). ``maximize`` and the
+decoupled decay come from the shared wrappers; the coupled decay is part of :math:`u_t`.
 State: ``step``, ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`). Dense, real tensors only.
 Defaults are the paper's (:math:`\beta = (0.9, 0.999)`, :math:`\epsilon = 10^{-6}`; its BERT runs
 use :math:`\lambda = 0.01`). The norm clip :math:`c = 10` and the :math:`\epsilon` in the
@@ -46,12 +47,11 @@ import math
 
 import torch
 
-from ..backends import staged
-from ..backends.plan import held_by
-from ..backends.reference import new_step_tensor
 from ..core import check
+from ..core.stages import Pass, PerTensor, Staged
+from ..core.state import new_step_tensor
 from .adamax import adam_like_checks
-from .per_tensor import PerTensorOptimizer
+from .stage_optimizer import StagedOptimizer
 
 
 def trust(weight_norm: torch.Tensor, denominator: torch.Tensor, numerator: torch.Tensor) -> torch.Tensor:
@@ -60,11 +60,6 @@ def trust(weight_norm: torch.Tensor, denominator: torch.Tensor, numerator: torch
     every tensor's. No sync."""
     ok = (weight_norm > 0) & (denominator > 0)
     return torch.where(ok, numerator / torch.where(ok, denominator, 1.0), 1.0)
-
-
-def lamb_moments_(g, exp_avg, exp_avg_sq, *, beta1, beta2) -> None:
-    exp_avg.lerp_(g, 1 - beta1)
-    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
 
 
 def lamb_direction(p, exp_avg, exp_avg_sq, *, eps, bias1, bias2_sqrt, l2):
@@ -77,51 +72,76 @@ def lamb_direction(p, exp_avg, exp_avg_sq, *, eps, bias1, bias2_sqrt, l2):
     return u if l2 is None else u.add_(p, alpha=l2)
 
 
-def _options(group: dict) -> dict:
-    """The structure and numbers both paths take from a group: ``l2`` and ``decay`` (the
-    decoupled factor) are None when unused."""
-    wd, lr = group["weight_decay"], float(group["lr"])
-    coupled = wd != 0 and not group["decoupled_weight_decay"]
-    decoupled = wd != 0 and group["decoupled_weight_decay"]
-    return dict(l2=wd if coupled else None, decay=1 - lr * wd if decoupled else None)
-
-
-def lamb_update(p, g, exp_avg, exp_avg_sq, step, *, lr, beta1, beta2, eps, l2, decay, bias_correction, trust_ratio,
-                max_weight_norm) -> None:
-    """One LAMB step of one tensor (see module docstring)."""
-    step += 1
-    lamb_moments_(g, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2)
-    t = step.item()
-    bias1, bias2_sqrt = (1 - beta1**t, math.sqrt(1 - beta2**t)) if bias_correction else (None, None)
-    if decay is not None:
-        p.mul_(decay)
-    u = lamb_direction(p, exp_avg, exp_avg_sq, eps=eps, bias1=bias1, bias2_sqrt=bias2_sqrt, l2=l2)
+def lamb_moments(p, g, exp_avg, exp_avg_sq, *, beta1, beta2, eps, l2, trust_ratio, bias1=None, bias2_sqrt=None):
+    r"""Stage 1: :math:`m_t, v_t`; with the trust ratio on, :math:`\theta` (decayed) and :math:`u_t`
+    for their norms."""
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
     if trust_ratio:
-        weight_norm = torch.linalg.vector_norm(p)
-        if max_weight_norm is not None:
-            weight_norm = weight_norm.clamp(max=max_weight_norm)
-        u.mul_(trust(weight_norm, torch.linalg.vector_norm(u) + eps, weight_norm))
-    p.add_(u, alpha=-lr)
+        return {"weight": p, "update": lamb_direction(p, exp_avg, exp_avg_sq, eps=eps, bias1=bias1,
+                                                      bias2_sqrt=bias2_sqrt, l2=l2)}
+    return None
 
 
-def lamb_first_pass(p, g, exp_avg, exp_avg_sq, *, beta1, beta2, maximize, decay, **direction) -> dict:
-    r"""Fused pass 1: the moments, and what the ratio's norms sum (:math:`\theta` after decay, :math:`u_t`)."""
-    lamb_moments_(-g if maximize else g, exp_avg, exp_avg_sq, beta1=beta1, beta2=beta2)
-    p = p if decay is None else p * decay
-    return {"weight": p, "update": lamb_direction(p, exp_avg, exp_avg_sq, **direction)}
+def lamb_ratio(weight, update, *, eps, max_weight_norm):
+    r""":math:`\rho_t` from :math:`\lVert\theta\rVert` and :math:`\lVert u_t\rVert`."""
+    if max_weight_norm is not None:
+        weight = weight.clamp(max=max_weight_norm)
+    return {"ratio": trust(weight, update + eps, weight)}
 
 
-def lamb_second_pass(p, exp_avg, exp_avg_sq, *, lr, decay, ratio=None, **direction) -> None:
-    r"""Fused pass 2: :math:`u_t` recomputed from the new moments, scaled by the per-tensor ratio."""
-    if decay is not None:
-        p.mul_(decay)
-    u = lamb_direction(p, exp_avg, exp_avg_sq, **direction)
+def lamb_step(p, exp_avg, exp_avg_sq, *, lr, eps, l2, bias1=None, bias2_sqrt=None, ratio=None) -> None:
+    r"""Stage 2: :math:`\theta_t = \theta - \gamma\rho_t u_t`."""
+    u = lamb_direction(p, exp_avg, exp_avg_sq, eps=eps, bias1=bias1, bias2_sqrt=bias2_sqrt, l2=l2)
     p.add_(u if ratio is None else u * ratio, alpha=-lr)
 
 
-class Lamb(PerTensorOptimizer):
+def _scalars(group: dict, context: dict) -> dict:
+    wd = group["weight_decay"]
+    beta1, beta2 = group["betas"]
+    return dict(lr=float(group["lr"]), beta1=beta1, beta2=beta2, eps=group["eps"], trust_ratio=group["trust_ratio"],
+                max_weight_norm=group["max_weight_norm"], l2=wd if wd != 0 and not group["decoupled_weight_decay"] else None)
+
+
+def _bias(group: dict, step: float) -> dict:
+    beta1, beta2 = group["betas"]
+    return {"bias1": 1 - beta1**step, "bias2_sqrt": math.sqrt(1 - beta2**step)} if group["bias_correction"] else {}
+
+
+def _wrappers(group: dict, context: dict) -> dict:
+    """``maximize`` and the decoupled decay (at ``lr`` as a number); the coupled one is in :math:`u_t`."""
+    decoupled = group["decoupled_weight_decay"]
+    return dict(maximize=group["maximize"], weight_decay=group["weight_decay"] if decoupled else 0,
+                decoupled_weight_decay=decoupled, lr=float(group["lr"]))
+
+
+def _init(p: torch.Tensor, group: dict) -> dict:
+    zeros = {n: torch.zeros_like(p, memory_format=torch.preserve_format) for n in ("exp_avg", "exp_avg_sq")}
+    return {"step": new_step_tensor(p, group), **zeros}
+
+
+def _trusting(group: dict) -> bool:
+    return group["trust_ratio"]
+
+
+LAMB_STAGES = Staged(
+    name="lamb",
+    state_names=lambda group: ("exp_avg", "exp_avg_sq"),
+    init=_init,
+    program=(Pass(lamb_moments, ("p", "g", "exp_avg", "exp_avg_sq"), ("exp_avg", "exp_avg_sq")),
+             PerTensor(lamb_ratio, ("ratio",), when=_trusting),
+             Pass(lamb_step, ("p", "exp_avg", "exp_avg_sq"), ("p",))),
+    scalars=_scalars,
+    step_scalars=_bias,
+    wrappers=_wrappers,
+)
+
+
+class Lamb(StagedOptimizer):
     """LAMB; see :mod:`torchstep.algorithms.lamb`. Group option ``trust_ratio=False`` turns
     the layer-wise scaling off for that group."""
+
+    stages = LAMB_STAGES
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-6, weight_decay: float = 0.0, *, bias_correction: bool = True,
@@ -134,40 +154,3 @@ class Lamb(PerTensorOptimizer):
                         decoupled_weight_decay=decoupled_weight_decay, trust_ratio=trust_ratio,
                         max_weight_norm=max_weight_norm, maximize=maximize)
         super().__init__(params, defaults)
-
-    def init_state(self, p: torch.Tensor, group: dict) -> dict:
-        zeros = {n: torch.zeros_like(p, memory_format=torch.preserve_format) for n in ("exp_avg", "exp_avg_sq")}
-        return {"step": new_step_tensor(p, group), **zeros}
-
-    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        beta1, beta2 = group["betas"]
-        hyper = {k: group[k] for k in ("eps", "bias_correction", "trust_ratio", "max_weight_norm")}
-        for p in params:
-            g = -p.grad if group["maximize"] else p.grad
-            state = self.state[p]
-            lamb_update(p, g, state["exp_avg"], state["exp_avg_sq"], state["step"], lr=float(group["lr"]), beta1=beta1,
-                        beta2=beta2, **_options(group), **hyper)
-
-    def fused_group(self, group: dict, params: list[torch.Tensor], force_triton: bool, cache: dict) -> None:
-        """The step of ``update_group`` as two fused passes (see module docstring)."""
-        (beta1, beta2), eps, states = group["betas"], group["eps"], [self.state[p] for p in params]
-        counts = held_by(self, "_step_counts", group, staged.StepCounts)
-        ts = counts.next(params, states)
-        bias = {}
-        if group["bias_correction"]:
-            bias = {"bias1": torch.tensor([1 - beta1**t for t in ts], dtype=torch.float64),
-                    "bias2_sqrt": torch.tensor([math.sqrt(1 - beta2**t) for t in ts], dtype=torch.float64)}
-        scalars = dict(eps=eps, **_options(group), **({} if bias else dict(bias1=None, bias2_sqrt=None)))
-        moments = {n: [s[n] for s in states] for n in ("exp_avg", "exp_avg_sq")}
-        sums = staged.run_pass(lamb_first_pass, {"p": params, "g": [p.grad for p in params], **moments},
-                               tuple(moments), dict(beta1=beta1, beta2=beta2, maximize=group["maximize"], **scalars),
-                               bias, force_triton, cache)
-        counts.bump()
-        ratio = None
-        if group["trust_ratio"]:
-            weight_norm = staged.norms_in(sums["weight"], params)
-            if group["max_weight_norm"] is not None:
-                weight_norm = weight_norm.clamp(max=group["max_weight_norm"])
-            ratio = trust(weight_norm, staged.norms_in(sums["update"], params) + eps, weight_norm)
-        staged.run_pass(lamb_second_pass, {"p": params, **moments}, ("p",), dict(lr=float(group["lr"]), **scalars),
-                        {**bias, **({} if ratio is None else {"ratio": ratio})}, force_triton, cache)

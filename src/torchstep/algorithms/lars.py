@@ -18,11 +18,13 @@ Excluding tensors (biases, norm layers) is a matter of parameter groups:
 (:math:`\rho_t = 1`) without decay -- what pytorch-optimizer's LARS does for every tensor of one
 dimension or less, and the paper recommends for biases and batch-norm parameters.
 
-Not element-wise: the ratio needs the norms of each tensor and its gradient before the update.
-``lars_update`` is the tensor-by-tensor definition (the reference path); the fused path
-(:mod:`torchstep.backends.staged`) runs one pass summing the squares of :math:`\theta` and
-:math:`g_t` per tensor, computes :math:`\rho_t` per tensor, then one pass of the same
-element-wise pieces (``lars_direction``, ``lars_momentum_step_``). State: ``momentum_buffer`` (:math:`b`, torch's SGD key; it starts at zero as in the paper,
+Not element-wise: the ratio needs the norms of each tensor and its gradient before the update,
+so LARS is written as stages (:mod:`torchstep.core.stages`, ``LARS_STAGES``): :func:`lars_norms`
+(what the norms take), :func:`lars_ratio` (:math:`\rho_t`), :func:`lars_step` (momentum and
+parameter step). The reference backend runs them tensor by tensor, the fused one as two passes
+over memory. ``maximize`` and the decay term :math:`\lambda\theta_{t-1}` of :math:`u_t` come from the
+shared wrappers (the gradient ``lars_step`` sees is :math:`g_t + \lambda\theta_{t-1}`).
+State: ``momentum_buffer`` (:math:`b`, torch's SGD key; it starts at zero as in the paper,
 where torch's SGD starts it at the first update). Dense, real tensors only.
 Defaults: the paper's :math:`\eta = 0.001` and :math:`\mu = 0.9`; it gives no default ``lr`` (its
 ImageNet runs use large base rates with polynomial decay), so ``lr`` defaults to torch's SGD 1e-3.
@@ -36,54 +38,64 @@ from __future__ import annotations
 
 import torch
 
-from ..backends import staged
 from ..core import check
+from ..core.stages import Pass, PerTensor, Staged
 from ._common import lr_checks
 from .lamb import trust
-from .per_tensor import PerTensorOptimizer
+from .stage_optimizer import StagedOptimizer
 
 
-def lars_direction(p, g, l2):
-    r""":math:`g_t + \lambda\theta_{t-1}` (``l2`` None without weight decay), a new tensor."""
-    return g.add(p, alpha=l2) if l2 is not None else g.clone()
+def lars_norms(p, grad) -> dict:
+    """Stage 1: the tensors whose norms the ratio takes (the gradient's sign does not matter)."""
+    return {"weight": p, "grad": grad}
 
 
-def lars_momentum_step_(p, u, momentum_buffer, *, lr, momentum, dampening, nesterov) -> None:
-    r"""The momentum buffer and parameter step from the scaled :math:`u_t` (``u`` may be reused)."""
+def lars_ratio(weight, grad, *, weight_decay, trust_coefficient) -> dict:
+    r""":math:`\rho_t` from :math:`\lVert\theta\rVert` and :math:`\lVert g_t\rVert`."""
+    return {"ratio": trust(weight, grad + weight_decay * weight, trust_coefficient * weight)}
+
+
+def lars_step(p, g, momentum_buffer=None, *, lr, momentum, dampening, nesterov, ratio=None) -> None:
+    r"""Stage 2: :math:`u_t = \rho_t g` (``g`` already holds the decay term), the momentum buffer
+    (None without momentum) and the parameter step."""
+    u = g if ratio is None else g * ratio
     if momentum_buffer is not None:
         momentum_buffer.mul_(momentum).add_(u, alpha=1 - dampening)
-        u = u.add_(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+        u = u.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
     p.add_(u, alpha=-lr)
 
 
-def lars_ratio(weight_norm, grad_norm, *, weight_decay, trust_coefficient):
-    return trust(weight_norm, grad_norm + weight_decay * weight_norm, trust_coefficient * weight_norm)
+def _buffer(group: dict) -> tuple[str, ...]:
+    return ("momentum_buffer",) if group["momentum"] else ()
 
 
-def lars_update(p, g, momentum_buffer, *, lr, momentum, dampening, weight_decay, nesterov, trust_coefficient,
-                trust_ratio) -> None:
-    """One LARS step of one tensor (see module docstring); ``momentum_buffer`` is None without momentum."""
-    u = lars_direction(p, g, weight_decay if weight_decay != 0 else None)
-    if trust_ratio:
-        u.mul_(lars_ratio(torch.linalg.vector_norm(p), torch.linalg.vector_norm(g), weight_decay=weight_decay,
-                          trust_coefficient=trust_coefficient))
-    lars_momentum_step_(p, u, momentum_buffer, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov)
+def _scalars(group: dict, context: dict) -> dict:
+    return dict(lr=float(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+                nesterov=group["nesterov"], weight_decay=group["weight_decay"],
+                trust_coefficient=group["trust_coefficient"])
 
 
-def lars_norms(p, g) -> dict:
-    """Fused pass 1: what the ratio's norms sum."""
-    return {"weight": p, "grad": g}
+def _trusting(group: dict) -> bool:
+    return group["trust_ratio"]
 
 
-def lars_step(p, g, momentum_buffer=None, *, maximize, l2, ratio=None, **momentum) -> None:
-    """Fused pass 2: ``lars_update`` given the per-tensor ratio."""
-    u = lars_direction(p, -g if maximize else g, l2)
-    lars_momentum_step_(p, u if ratio is None else u * ratio, momentum_buffer, **momentum)
+LARS_STAGES = Staged(
+    name="lars",
+    state_names=_buffer,
+    init=lambda p, group: {n: torch.zeros_like(p, memory_format=torch.preserve_format) for n in _buffer(group)},
+    program=(Pass(lars_norms, ("p", "grad"), when=_trusting),
+             PerTensor(lars_ratio, ("ratio",), when=_trusting),
+             Pass(lars_step, lambda group: ("p", "g", *_buffer(group)), lambda group: ("p", *_buffer(group)))),
+    scalars=_scalars,
+    counter=None,
+)
 
 
-class LARS(PerTensorOptimizer):
+class LARS(StagedOptimizer):
     """LARS; see :mod:`torchstep.algorithms.lars`. Group option ``trust_ratio=False`` turns the
     layer-wise scaling off for that group."""
+
+    stages = LARS_STAGES
 
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, momentum: float = 0.9, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, trust_coefficient: float = 1e-3,
@@ -101,34 +113,3 @@ class LARS(PerTensorOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         trust_coefficient=trust_coefficient, trust_ratio=trust_ratio, maximize=maximize)
         super().__init__(params, defaults)
-
-    def init_state(self, p: torch.Tensor, group: dict) -> dict:
-        return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)} if group["momentum"] else {}
-
-    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        hyper = {k: group[k] for k in ("momentum", "dampening", "weight_decay", "nesterov", "trust_coefficient",
-                                       "trust_ratio")}
-        for p in params:
-            state = self.state[p]
-            if group["momentum"] and "momentum_buffer" not in state:
-                state.update(self.init_state(p, group))
-            g = -p.grad if group["maximize"] else p.grad
-            lars_update(p, g, state.get("momentum_buffer") if group["momentum"] else None, lr=float(group["lr"]), **hyper)
-
-    def fused_group(self, group: dict, params: list[torch.Tensor], force_triton: bool, cache: dict) -> None:
-        """The step of ``update_group`` as two fused passes (see module docstring)."""
-        operands = {"p": params, "g": [p.grad for p in params]}
-        ratio = {}
-        if group["trust_ratio"]:
-            sums = staged.run_pass(lars_norms, operands, (), {}, None, force_triton, cache)
-            ratio = {"ratio": lars_ratio(staged.norms_in(sums["weight"], params), staged.norms_in(sums["grad"], params),
-                                         weight_decay=group["weight_decay"], trust_coefficient=group["trust_coefficient"])}
-        if group["momentum"]:
-            for p in params:
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p].update(self.init_state(p, group))
-            operands["momentum_buffer"] = [self.state[p]["momentum_buffer"] for p in params]
-        wd = group["weight_decay"]
-        scalars = dict(maximize=group["maximize"], l2=wd if wd != 0 else None, lr=float(group["lr"]),
-                       momentum=group["momentum"], dampening=group["dampening"], nesterov=group["nesterov"])
-        staged.run_pass(lars_step, operands, tuple(n for n in operands if n != "g"), scalars, ratio, force_triton, cache)

@@ -34,9 +34,14 @@ import operator
 import torch
 
 from ..core import check
-from ..core.wrappers import plain
+from ..core.wrappers import squeeze_scalar
+from .newton_schulz import (
+    DEFAULT_COEFFICIENTS,
+    DEFAULT_EPS,
+    DEFAULT_STEPS,
+    orthogonalize,
+)
 from .per_tensor import PerTensorOptimizer
-from .newton_schulz import DEFAULT_COEFFICIENTS, DEFAULT_EPS, DEFAULT_STEPS, orthogonalize
 
 LR_ADJUSTMENTS = (None, "original", "match_rms_adamw")
 MAX_NS_STEPS = 100
@@ -122,4 +127,4 @@ class Muon(PerTensorOptimizer):
                     f"Param gradient must be a 2D matrix (a parameter of shape {tuple(p.shape)} reached Muon's "
                     "step; Muon optimizes 2-D matrices only)"
                 )
-            muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=plain(group["lr"]), **hyper)
+            muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=squeeze_scalar(group["lr"]), **hyper)

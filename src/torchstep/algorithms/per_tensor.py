@@ -3,11 +3,8 @@
 Such an algorithm is a per-tensor stage: for each parameter group, every parameter with a
 gradient is checked (dense, real) and gets its initial state before any is updated -- as torch
 does, so an unsupported tensor leaves the whole step undone -- and then ``update_group`` runs
-the algorithm over them. Subclasses provide ``init_state`` and ``update_group``. A subclass may
-also provide ``fused_group(group, params, force_triton, cache)``, the same step as fused passes over
-memory (:mod:`torchstep.backends.staged`); the backend choice then decides which parameters it
-takes (:func:`torchstep.backends.dispatch.fused_stages`) and ``update_group`` -- the literal,
-tensor-by-tensor definition -- gets the rest.
+the algorithm over them. Subclasses provide ``init_state`` and ``update_group``. (Algorithms
+written as stages, with a fused path, use :class:`~torchstep.algorithms.stage_optimizer.StagedOptimizer`.)
 """
 
 from __future__ import annotations
@@ -16,15 +13,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..backends import dispatch
 from ..core import check
 from ..core.optimizer import Optimizer
 
 
 class PerTensorOptimizer(Optimizer):
     """Base class: ``step`` evaluates the closure, prepares state, calls ``update_group``."""
-
-    fused_group: Callable[[dict, list, bool, dict], None] | None = None
 
     def init_state(self, p: torch.Tensor, group: dict) -> dict[str, Any]:
         """The state a parameter starts with (called on its first step with a gradient)."""
@@ -47,7 +41,5 @@ class PerTensorOptimizer(Optimizer):
                 check.dense_real(p, type(self).__name__)
                 if not self.state[p]:
                     self.state[p] = self.init_state(p, group)
-            if self.fused_group is not None:
-                params = dispatch.fused_stages(self, group, params)
             self.update_group(group, params)
         return loss

@@ -24,7 +24,7 @@ import torch
 
 from ..core import check
 from ..core.optimizer import Optimizer
-from ..core.wrappers import plain
+from ..core.wrappers import prepare_grad, squeeze_scalar
 
 
 def sparse_adam_update(p, g, exp_avg, exp_avg_sq, *, step: int, lr: float, beta1: float, beta2: float, eps: float) -> None:
@@ -102,9 +102,9 @@ class SparseAdam(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                g = -p.grad if group.get("maximize", False) else p.grad
+                g = prepare_grad(p, p.grad, group, weight_decay=False)  # maximize; SparseAdam has no weight decay
                 sparse_adam_update(
-                    p, g, state["exp_avg"], state["exp_avg_sq"], step=state["step"], lr=plain(group["lr"]),
+                    p, g, state["exp_avg"], state["exp_avg_sq"], step=state["step"], lr=squeeze_scalar(group["lr"]),
                     beta1=beta1, beta2=beta2, eps=group["eps"],
                 )
         return loss

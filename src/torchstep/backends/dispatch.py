@@ -5,13 +5,12 @@ path, as in torch. Where the fused path cannot run -- ``differentiable=True``, n
 device or dtype without a kernel, an update the tracer cannot model -- the step uses the
 reference path and warns once per optimizer, naming the reason. Sparse or non-contiguous
 gradients take the reference path silently (they are a different algorithm path, as in torch).
-Per-tensor algorithms with fused stages (LAMB, LARS) go through :func:`fused_stages`, with the
-same choices and fallbacks. A group with ``cautious=True`` runs its ordinary step inside the cautious stage of
-:mod:`.cautious`.
-
 :func:`run_group_on_backend` is what :mod:`torchstep.backends` installs as the base class's group
 runner (:mod:`torchstep.core.runner`). The backend :func:`use` forces is a context variable: each
 thread and each asyncio task sees its own, starting from ``TORCHSTEP_BACKEND``.
+Staged algorithms (LAMB, LARS, Prodigy) go through :func:`fused_stages`, with the same choices
+and fallbacks (one routine, :func:`_fused_or_fallback`). A group with ``cautious=True`` runs its
+ordinary step inside the cautious stage of :mod:`.cautious`.
 """
 
 from __future__ import annotations
@@ -125,48 +124,52 @@ def run_group_on_backend(opt: Any, group: dict, grad_scale: Any = None, plans_of
         run(opt, group, grad_scale)
 
 
-def _run_fused_then_reference(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
-    """The fused kernels over what they can take, the reference path over the rest."""
+def _fused_or_fallback(opt: Any, group: dict, owner: dict, run_fused: Any) -> list[torch.Tensor] | None:
+    """The one fallback routine of every fused path. Chooses the path for ``group``; on the fused
+    path calls ``run_fused(cache, force_triton)`` (``cache``: the plans kept for ``owner``), which
+    returns (parameters left for the reference backend, reasons to warn about) or raises
+    :class:`~.cpu_kernel.KernelUnavailable` before changing anything. Warns (once per reason)
+    and returns the leftover parameters; None when the whole group takes the reference path."""
     use_fused, reason = _choose_path(opt, group)
-    if use_fused:
-        force_triton = _forced.get() == "triton"
-        cache = plan_mod.held_by(opt, "_fused_plans", owner, dict)
-        leftover, reasons = fused.run_fused_kernels(opt, group, cache, grad_scale, force_triton=force_triton)
-        for why in reasons:
-            _warn_once(opt, why)
-        _warn_leftover(opt, leftover, force_triton)
-    else:
+    if not use_fused:
         if reason is not None:
             _warn_once(opt, reason)
+        return None
+    force_triton = _forced.get() == "triton"
+    cache = plan_mod.held_by(opt, "_fused_plans", owner, dict)
+    try:
+        leftover, reasons = run_fused(cache, force_triton)
+    except cpu_kernel.KernelUnavailable as exc:
+        cache.pop("plan", None)
+        _warn_once(opt, str(exc))
+        return None
+    for why in reasons:
+        _warn_once(opt, why)
+    _warn_leftover(opt, leftover, force_triton)
+    return leftover
+
+
+def _run_fused_then_reference(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
+    """The fused kernels over what they can take, the reference path over the rest."""
+    leftover = _fused_or_fallback(
+        opt, group, owner, lambda cache, force_triton: fused.run_fused_kernels(opt, group, cache, grad_scale, force_triton=force_triton))
+    if leftover is None:
         leftover = [p for p in group["params"] if p.grad is not None]
     _unscale(leftover, grad_scale)
     reference.run_tensor_by_tensor(opt, group, leftover)
 
 
-def fused_stages(opt: Any, group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Run ``opt.fused_group(group, params, force_triton, cache)`` (a per-tensor algorithm's fused
-    passes) over the parameters it can take; returns those left for its per-tensor path."""
-    use_fused, reason = _choose_path(opt, group)
-    if not use_fused:
-        if reason is not None:
-            _warn_once(opt, reason)
-        return params
-    force_triton = _forced.get() == "triton"
-    cache = plan_mod.held_by(opt, "_fused_plans", group, dict)
-    plan = cache.get("stages")
-    if plan is None or plan.force_triton != force_triton or plan.still_valid(params) is None:
-        plan = cache["stages"] = staged.StagePlan.build(opt, params, force_triton)
-        _warn_leftover(opt, plan.leftover, force_triton)
-        size = sum(map(len, plan.states))
-    else:
-        size = None
-    if plan.params:
-        try:  # a failing compiler is found by the probe, at the first kernel, before any write
-            opt.fused_group(group, plan.params, force_triton, plan.cache)
-        except cpu_kernel.KernelUnavailable as exc:
-            cache.pop("stages", None)
-            _warn_once(opt, str(exc))
-            return params
-    if size is not None and sum(map(len, plan.states)) != size:  # state created (LARS' momentum): re-plan
-        cache.pop("stages", None)
-    return plan.leftover
+def fused_stages(opt: Any, group: dict, params: list[torch.Tensor], context: dict) -> tuple[Any, list[torch.Tensor]]:
+    """The fused lane of a staged algorithm's ``group`` for this step, its kernels obtained
+    (:func:`~.staged.prepare_lane`), or None; and the parameters left for the reference lane."""
+    lanes: list = []
+
+    def run_fused(cache: dict, force_triton: bool) -> tuple[list, list]:
+        lane, leftover, reasons = staged.prepare_lane(opt, opt.stages, group, params, context, cache, force_triton)
+        lanes.append(lane)
+        return leftover, reasons
+
+    leftover = _fused_or_fallback(opt, group, group, run_fused)
+    if leftover is None:
+        return None, params
+    return lanes[0], leftover

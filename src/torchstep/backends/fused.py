@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import array
 import collections
-import itertools
-import operator
 import ctypes
 import dataclasses
 import functools
+import itertools
+import operator
 from typing import Any
 
 import torch

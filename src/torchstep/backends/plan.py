@@ -38,13 +38,15 @@ def is_plain(t: Any) -> bool:
     return type(t) in _PLAIN_TYPES and t.layout == torch.strided
 
 
-def check_state_shape(index: int, p: torch.Tensor, name: str, value: Any) -> None:
-    """Raise when a parameter-shaped state tensor does not have its parameter's shape."""
-    if isinstance(value, torch.Tensor) and value.shape != p.shape:
+def check_state_shape(index: int, p: torch.Tensor, name: str, value: Any, shape: tuple | None = None) -> None:
+    """Raise when a parameter-shaped state tensor does not have its parameter's shape (or
+    ``shape``, for state laid out otherwise, e.g. flattened)."""
+    want = tuple(p.shape) if shape is None else tuple(shape)
+    if isinstance(value, torch.Tensor) and tuple(value.shape) != want:
         raise RuntimeError(
             f"state '{name}' of parameter {index} has shape {tuple(value.shape)}, but the parameter has "
-            f"shape {tuple(p.shape)}; a state loaded from another model (or groups in another order)? "
-            "The state must have the parameter's shape."
+            f"shape {tuple(p.shape)}{'' if shape is None else f' (the state must have shape {want})'}; a state "
+            "loaded from another model (or groups in another order)? The state must have the parameter's shape."
         )
 
 
@@ -199,6 +201,7 @@ class Plan:
     written: Written | None = None
     created: list[list[str]] = field(default_factory=list)  # state keys the build created, per fused parameter
     force_triton: bool = False  # built for Triton kernels on CPU tensors (the tests' interpreter mode)
+    passes: dict = field(default_factory=dict)  # staged algorithms: buckets and pointer tables of their passes
 
     def seal(self) -> None:
         """Record the metadata every later step is checked against."""

@@ -15,8 +15,6 @@ import torch
 
 from ..core import wrappers
 from ..core.state import ensure_state
-# the state layout lives in core.state; algorithm files written against this module still import it here
-from ..core.state import new_step_tensor  # noqa: F401
 
 
 def run_tensor_by_tensor(opt: Any, group: dict, params: list[torch.Tensor] | None = None) -> None:

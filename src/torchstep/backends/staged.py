@@ -1,30 +1,32 @@
-"""Fused passes for per-tensor algorithms (LAMB, LARS): element-wise passes with per-tensor
-scalars in and per-tensor sums of squares out.
+"""The fused backend of staged algorithms (:mod:`torchstep.core.stages`: LAMB, LARS, Prodigy):
+each pass one kernel over every tensor of a group's bucket, with per-tensor scalars in and
+per-tensor reductions out.
 
-Such an algorithm is not one element-wise ``update``: it needs norms of each tensor between two
-element-wise stages. It is written as a few small element-wise functions, each run here as one
-fused kernel over every tensor of a group (:func:`run_pass`): a function may read per-tensor
-scalars (given as one float64 value per tensor, e.g. a trust ratio) and may return
-``{name: expression}``, whose squares the kernel sums per tensor -- per chunk in the kernel (in
-double), then chunks to tensors with one ``index_add``; nothing the size of the parameters is
-materialised. Between passes the algorithm computes its per-tensor scalars with a few vector
-operations on those sums.
+:func:`run_pass` runs one element-wise function as one fused kernel over many tensors: it may
+read per-tensor scalars (one float64 value per tensor, e.g. a trust ratio) and may return
+``{name: expression}``, whose squares (or plain values, for ``Summed``) the kernel sums per
+tensor -- per chunk in the kernel (in double), then chunks to tensors with one ``index_add``;
+nothing the size of the parameters is materialised. :class:`FusedLane` runs a staged program's
+items over a group's fused tensors: passes through :func:`run_pass`, per-tensor arithmetic on
+vectors. Its :class:`~.plan.Plan` is built and re-checked every step as the element-wise
+algorithms' is, and every kernel it needs is obtained (:meth:`FusedLane.prepare`) before any
+counter or tensor changes.
 """
 
 from __future__ import annotations
 
 import collections
-import operator
-from dataclasses import dataclass, field
+import functools
 from typing import Any, Callable
 
 import torch
 
 from ..core import wrappers
+from ..core.stages import GRADIENTS, Pass, PerTensor, Staged, arguments, names_of
 from . import cpu_kernel, fused, triton_kernel
 from .memo import FunctionCache, scalar_structure
-from .plan import GroupCounters, Plan, check_state_shape, is_plain, overlapping
-from .trace import trace
+from .plan import Plan, check_state_shape, is_plain, overlapping
+from .trace import NotTraceable, trace
 
 # stage function -> {(operands, written, scalar structure, per-tensor names, dtype, kind): (kernel, program)}
 _kernels = FunctionCache()
@@ -40,51 +42,16 @@ def _kernel(fn: Callable, names: tuple, written: tuple, scalars: dict, per_tenso
     return found
 
 
-@dataclass
-class StagePlan(Plan):
-    """Which parameters of a group the fused passes take, re-checked each step exactly as the
-    fused backend's :class:`~.plan.Plan` is; ``cache`` keeps pointer tables while the plan holds."""
-
-    cache: dict = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, opt: Any, with_grad: list[torch.Tensor], force_triton: bool) -> "StagePlan":
-        """Sort ``with_grad`` (dense gradients: the per-tensor step checked them) into fused and
-        per-tensor parameters; a state tensor shaped unlike its parameter raises."""
-        occurrences = collections.Counter(map(id, with_grad))
-        params, leftover = [], []
-        for p in with_grad:
-            held = {k: v for k, v in opt.state[p].items() if k != "step" and isinstance(v, torch.Tensor)}
-            for k, v in held.items():
-                check_state_shape(fused.param_index(opt, p), p, k, v)
-            ok = occurrences[id(p)] == 1 and p.numel() > 0 and fused.can_fuse(p, p.grad, force_triton) and all(
-                is_plain(v) and v.is_contiguous() and v.dtype == p.dtype and v.device == p.device for v in held.values())
-            (params if ok else leftover).append(p)
-        names = tuple(sorted({k for p in params for k, v in opt.state[p].items()
-                              if k != "step" and isinstance(v, torch.Tensor)}))
-        whole = [all(n in opt.state[p] for n in names) for p in params]
-        leftover += [p for p, ok in zip(params, whole) if not ok]
-        params = [p for p, ok in zip(params, whole) if ok]
-        states = [opt.state[p] for p in params]
-        shared = overlapping([params] + [[s[n] for s in states] for n in names])
-        if shared:
-            leftover += [params[i] for i in sorted(shared)]
-            params = [p for i, p in enumerate(params) if i not in shared]
-            states = [opt.state[p] for p in params]
-        plan = cls(with_grad, params, leftover, states, names=names, force_triton=force_triton)
-        plan.seal()
-        return plan
-
-
 def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tuple[str, ...], scalars: dict,
              per_tensor: dict[str, torch.Tensor] | None = None, force_triton: bool = False,
-             cache: dict | None = None) -> dict[str, torch.Tensor]:
+             cache: dict | None = None, norms: bool = False) -> dict[str, torch.Tensor]:
     """Run ``fn(**elements, **scalars, **per_tensor)`` over every tensor of ``operands`` (name ->
     one tensor per parameter; the first name decides dtype and device), storing ``written``.
     ``per_tensor`` maps a name to a float64 vector (one value per parameter). Returns, for each
-    name ``fn`` returned, a float64 vector of per-parameter sums of squares. ``cache`` (a
-    :class:`StagePlan`'s) keeps the buckets, sizes and pointer tables of every operand but the
-    gradient ``g``."""
+    name ``fn`` returned, a float64 vector of per-parameter sums of squares (with ``norms``: their
+    square roots, as :func:`norms_in` gives them) or plain sums (:class:`~torchstep.core.stages.Summed`).
+    ``cache`` (a :class:`~.plan.Plan`'s ``passes``) keeps the buckets, sizes and pointer tables of
+    every operand but the gradients (``g``, ``grad``)."""
     cache = {} if cache is None else cache
     per_tensor = per_tensor or {}
     names = tuple(operands)
@@ -99,7 +66,7 @@ def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tup
         runner, program = _kernel(fn, names, written, scalars, tuple(per_tensor), dtype, kind)
         whole = len(members) == len(first)
         pick = None if whole else torch.tensor(members, dtype=torch.int64)
-        tables = [_table(cache, operands[n], members, None if n == "g" else (n, device, dtype)) for n in names]
+        tables = [_table(cache, operands[n], members, None if n in GRADIENTS else (n, device, dtype)) for n in names]
         tables += [(v if whole else v[pick.to(v.device)]).to(device, torch.float64).contiguous() for v in per_tensor.values()]
         sizes = cache.get(("sizes", device, dtype)) or cache.setdefault(("sizes", device, dtype),
                                                                          tuple(first[i].numel() for i in members))
@@ -116,6 +83,9 @@ def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tup
                 out[name] = totals[r]
             else:
                 out.setdefault(name, torch.zeros(len(first), dtype=torch.float64, device=device))[pick.to(device)] = totals[r]
+        summed = program.summed
+    if norms:
+        out = {k: v if k in summed else norms_in(v, first) for k, v in out.items()}
     return out
 
 
@@ -135,20 +105,159 @@ def norms_in(sums: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     return sums.sqrt().to(dtypes.pop() if len(dtypes) == 1 else torch.float64)
 
 
-class StepCounts:
-    """The ``step`` counters of a group's parameters, kept (as the fused backend keeps them) as
-    0-d views into one buffer, so reading and bumping all of them is one operation each."""
+def build_plan(opt: Any, algo: Staged, group: dict, with_grad: list[torch.Tensor], force_triton: bool) -> Plan:
+    """Sort ``with_grad`` (dense, real, with their state created) into fused and per-tensor
+    parameters; a state tensor shaped unlike ``algo.state_shape`` says raises. Refused for the
+    kernels: duplicates, zero-element tensors, subclasses, non-contiguous or mismatched tensors,
+    state the algorithm keeps for the per-tensor path (``fusable_state``), shared memory."""
+    names = algo.state_names(group)
+    occurrences = collections.Counter(map(id, with_grad))
+    params, leftover = [], []
+    for p in with_grad:
+        state = opt.state[p]
+        if not algo.fusable_state(p, state, group):
+            leftover.append(p)
+            continue
+        for n in names:
+            check_state_shape(fused.param_index(opt, p), p, n, state[n], algo.state_shape(p, n, group))
+        ok = occurrences[id(p)] == 1 and p.numel() > 0 and fused.can_fuse(p, p.grad, force_triton) and all(
+            is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype and state[n].device == p.device
+            for n in names)
+        (params if ok else leftover).append(p)
+    shared = overlapping([params] + [[opt.state[p][n] for p in params] for n in names])
+    if shared:
+        leftover += [params[i] for i in sorted(shared)]
+        params = [p for i, p in enumerate(params) if i not in shared]
+    states = [opt.state[p] for p in params]
+    counted = ("step",) if algo.counter == "tensor" else ()
+    plan = Plan(with_grad, params, leftover, states, names=names, counted=counted, force_triton=force_triton)
+    if params and counted:
+        plan.counters.attach(counted, params, states)
+    plan.seal()
+    return plan
 
-    def __init__(self) -> None:
-        self.counters, self.held = GroupCounters(), []
 
-    def next(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
-        """The values the counters take at this step (``bump`` then stores them)."""
-        steps = [s["step"] for s in states]
-        if len(steps) != len(self.held) or not all(map(operator.is_, steps, self.held)):
-            self.counters.attach(("step",), params, states)
-            self.held = [s["step"] for s in states]
-        return [t + 1 for t in self.counters.values("step")]
+@functools.lru_cache(maxsize=None)
+def _with_wrappers(fn: Callable, maximize: bool, has_wd: bool, decoupled: bool) -> Callable:
+    """``fn`` with the shared wrappers in front of its gradient ``g`` (one function object per
+    combination, so the kernel cache keys on it)."""
 
-    def bump(self) -> None:
-        self.counters.bump("step")
+    def stage(p, g, __lr=None, __wd=None, **rest):
+        options = {"maximize": maximize, "weight_decay": __wd if has_wd else 0,
+                   "decoupled_weight_decay": decoupled, "lr": __lr}
+        return fn(p=p, g=wrappers.prepare_grad(p, g, options), **rest)
+
+    return stage
+
+
+def wrapped_pass(item: Pass, algo: Staged, group: dict, context: dict) -> tuple[Callable, tuple, tuple, dict]:
+    """(function, operands, written operands, extra scalars) of a pass as a kernel runs it: a
+    pass reading ``g`` gets the shared wrappers (and writes ``p`` under decoupled decay)."""
+    reads, writes = names_of(item.reads, group), names_of(item.writes, group)
+    if "g" not in reads:
+        return item.fn, reads, writes, {}
+    options = algo.wrappers(group, context)
+    wd = wrappers.squeeze_scalar(options.get("weight_decay", 0))
+    has_wd = isinstance(wd, torch.Tensor) or wd != 0
+    decoupled = has_wd and bool(options.get("decoupled_weight_decay", False))
+    maximize = bool(options.get("maximize", False))
+    if not (maximize or has_wd):
+        return item.fn, reads, writes, {}
+    fn = _with_wrappers(item.fn, maximize, has_wd, decoupled)
+    written = writes if not decoupled or "p" in writes else ("p", *writes)
+    return fn, reads, written, {"__lr": options.get("lr"), "__wd": wd}
+
+
+class FusedLane:
+    """A group's fused tensors (``plan.params``) through a staged program: passes as kernels,
+    per-tensor arithmetic on vectors (one entry per tensor) kept in ``values``."""
+
+    def __init__(self, opt: Any, algo: Staged, group: dict, plan: Plan, grads: list[torch.Tensor]) -> None:
+        self.opt, self.algo, self.group, self.plan, self.grads = opt, algo, group, plan, grads
+        self.values: dict[str, torch.Tensor] = {}
+
+    def _operand(self, name: str) -> list[torch.Tensor]:
+        if name == "p":
+            return self.plan.params
+        if name in GRADIENTS:
+            return self.grads
+        return [s[name] for s in self.plan.states]
+
+    def _pass(self, item: Pass, context: dict, scalars: dict, per_tensor: list[str]) -> tuple:
+        fn, reads, written, extra = wrapped_pass(item, self.algo, self.group, context)
+        return fn, reads, written, {**arguments(item.fn, scalars), **extra}, sorted(arguments(item.fn, dict.fromkeys(per_tensor)))
+
+    def prepare(self, context: dict) -> None:
+        """Obtain (trace, compile, load) every kernel the step will run, changing nothing;
+        raises :class:`~.cpu_kernel.KernelUnavailable` when one cannot be had."""
+        algo, group, force_triton = self.algo, self.group, self.plan.force_triton
+        scalars = algo.scalars(group, context)
+        per_tensor = list(algo.step_scalars(group, 1)) if algo.step_scalars else []
+        buckets = {(p.device, p.dtype): p for p in self.plan.params}
+        for item in algo.program:
+            if isinstance(item, PerTensor) and item.when(group):
+                per_tensor += item.outputs
+            elif isinstance(item, Pass) and item.when(group):
+                fn, reads, written, values, names = self._pass(item, context, scalars, per_tensor)
+                for (_, dtype), p in buckets.items():
+                    try:
+                        _, program = _kernel(fn, reads, written, values, tuple(names), dtype, fused.kernel_kind(p, force_triton))
+                    except NotTraceable as exc:
+                        raise cpu_kernel.KernelUnavailable(f"a stage uses an operation the tracer does not model: {exc}") from None
+                    per_tensor += [k for k in program.reductions if k not in per_tensor]
+
+    def begin(self) -> None:
+        """Bump the ``step`` counters (one operation) and make the per-tensor step scalars."""
+        algo, plan = self.algo, self.plan
+        if algo.counter != "tensor":
+            return
+        plan.counters.bump("step")
+        if algo.step_scalars is not None:
+            steps = plan.counters.values("step")
+            by_step = {t: algo.step_scalars(self.group, t) for t in set(steps)}
+            for k in by_step[steps[0]]:
+                self.values[k] = torch.tensor([by_step[t][k] for t in steps], dtype=torch.float64)
+
+    def run(self, items: list, context: dict) -> dict[str, list[torch.Tensor]]:
+        """Run ``items`` (passes and per-tensor arithmetic); returns every per-tensor value."""
+        scalars = self.algo.scalars(self.group, context)
+        for item in items:
+            if not item.when(self.group):
+                continue
+            if isinstance(item, PerTensor):
+                self.values.update(item.fn(**arguments(item.fn, {**self.values, **scalars})))
+                continue
+            fn, reads, written, values, names = self._pass(item, context, scalars, list(self.values))
+            sums = run_pass(fn, {n: self._operand(n) for n in reads}, written, values,
+                            {k: self.values[k] for k in names}, self.plan.force_triton, self.plan.passes, norms=True)
+            self.values.update(sums)
+        return {k: [v] for k, v in self.values.items()}
+
+    def end(self) -> None:
+        """Bump Python-int ``step`` counters (Prodigy's) once the step is done."""
+        if self.algo.counter == "int":
+            for state in self.plan.states:
+                state["step"] += 1
+
+
+def prepare_lane(opt: Any, algo: Staged, group: dict, params: list[torch.Tensor], context: dict, cache: dict,
+                 force_triton: bool) -> tuple[FusedLane | None, list[torch.Tensor], list[str]]:
+    """The fused lane of ``group`` for this step, its kernels obtained: (lane or None, the
+    parameters left for the reference backend, reasons to warn about). ``cache`` holds the
+    group's :class:`~.plan.Plan`, used while :meth:`~.plan.Plan.still_valid` says it holds."""
+    names = algo.state_names(group)
+    plan, grads = cache.get("plan"), None
+    if plan is not None and plan.names == names and plan.force_triton == force_triton:
+        grads = plan.still_valid(params)
+    if grads is None:
+        cache.pop("plan", None)
+        plan = build_plan(opt, algo, group, params, force_triton)
+        grads = plan.still_valid(params) if plan.params else []
+        if grads is None:  # a gradient shares memory with what the kernels write
+            return None, list(params), []
+        cache["plan"] = plan
+    if not plan.params:
+        return None, plan.leftover, []
+    lane = FusedLane(opt, algo, group, plan, grads)
+    lane.prepare(context)
+    return lane, plan.leftover, []

@@ -25,6 +25,10 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.stages import Summed
+
+__all__ = ["NotTraceable", "Program", "Summed", "Sym", "trace"]
+
 
 class NotTraceable(Exception):
     """The update used an operation the element-wise tracer does not model."""
@@ -75,13 +79,6 @@ class Program:
 
 _LEAVES = frozenset({"in", "arg", "const", "tin"})  # nodes that read no other node
 _ACCUMULATING = {"add": (0, 1), "sub": (0,), "fma": (2,)}  # op -> positions of the operands it adds to
-
-
-@dataclass
-class Summed:
-    """A reduced expression whose plain per-tensor sum is wanted (a bare one gives the sum of squares)."""
-
-    value: Any
 
 
 class _Tracer:
@@ -136,6 +133,10 @@ class Sym:
         if handler is None:
             raise NotTraceable(f"torch function {getattr(func, '__name__', func)} is not modelled")
         return handler(*args, **kwargs)
+
+    def flatten(self) -> "Sym":
+        """One element of the flattened tensor is that element: a placeholder flattens to itself."""
+        return self
 
     # -- arithmetic ----------------------------------------------------------------------
     def __add__(self, o): return self._new("add", o)

@@ -23,9 +23,6 @@ def squeeze_scalar(x: Any) -> Any:
     return x
 
 
-plain = squeeze_scalar  # the old name, still imported by adafactor, adan, muon and sparse_adam
-
-
 def _requires_grad(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.requires_grad
 
