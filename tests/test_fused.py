@@ -197,9 +197,9 @@ def test_many_small_tensors_one_kernel_call(monkeypatch):
         runner, program = original(*args, **kwargs)
 
         class Spy:
-            def run(self, tables, sizes, scalars, device=None):
-                calls.append(len(sizes))
-                runner.run(tables, sizes, scalars, device)
+            def run_prepared(self, launch, scalars, sums=None):
+                calls.append(len(launch.sizes))
+                runner.run_prepared(launch, scalars, sums)
 
         return Spy(), program
 

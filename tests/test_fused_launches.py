@@ -2,7 +2,7 @@
 each step launches at least one compiled kernel per parameter group, and no torch operation
 writes into a parameter (which is what the tensor-by-tensor fallback does) -- on the default
 backend, where a fallback would only warn. Launches are counted at the kernel runners'
-``run`` (``backends.fused``' C and Triton kernels, which ``backends.staged`` uses too)."""
+``run_prepared`` (``backends.fused``' C and Triton kernels, which ``backends.staged`` uses too)."""
 
 from __future__ import annotations
 
@@ -51,13 +51,13 @@ def launches(monkeypatch):
     """A list that gets one entry (the number of tensors) per kernel launch."""
     seen: list[int] = []
     for runner in (fused.CKernel, fused.TritonKernel):
-        original = runner.run
+        original = runner.run_prepared
 
-        def counting(self, tables, sizes, *args, __original=original, **kwargs):
-            seen.append(len(sizes))
-            return __original(self, tables, sizes, *args, **kwargs)
+        def counting(self, launch, *args, __original=original, **kwargs):
+            seen.append(len(launch.sizes))
+            return __original(self, launch, *args, **kwargs)
 
-        monkeypatch.setattr(runner, "run", counting)
+        monkeypatch.setattr(runner, "run_prepared", counting)
     return seen
 
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -126,36 +127,53 @@ def _sqrt(x):
     return x.sqrt() if isinstance(x, torch.Tensor) else math.sqrt(x)
 
 
-_PY_OPS = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
-    "neg": lambda a: -a, "fma": lambda a, b, c: a * b + c, "sqrt": _sqrt, "pow": lambda a, b: a**b, "abs": abs,
+# the Python expression of each operation, for the uniform nodes' generated function
+_PY_FORMS = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "neg": "-{0}",
+    "fma": "{0} * {1} + {2}", "sqrt": "_sqrt({0})", "pow": "{0} ** {1}", "abs": "abs({0})",
 }
 
 
 def evaluate_uniform(program: Program, args: list) -> list[float]:
     """Values of :func:`uniform_nodes`, computed in Python with the arguments as given (floats or
-    0-d tensors), so scalar arithmetic follows torch's rules exactly (e.g. in a tensor lr's dtype)."""
-    values: dict[int, object] = {}
-    for i, op, fn, a in uniform_steps(program):
+    0-d tensors), so scalar arithmetic follows torch's rules exactly (e.g. in a tensor lr's dtype).
+    Runs a function generated once per program: one Python statement per node, in program order,
+    each the operation the node names."""
+    fn = program.__dict__.get("_uniform_fn")
+    if fn is None:
+        fn = program.__dict__["_uniform_fn"] = _uniform_function(uniform_steps(program))
+    return fn(args)
+
+
+def _uniform_function(steps: list[tuple]) -> Any:
+    consts, lines, names = [], [], []
+    for i, op, a in steps:
         if op == "const":
-            values[i] = a[0]
+            consts.append(a[0])
+            lines.append(f"    v{i} = C[{len(consts) - 1}]")
         elif op == "arg":
-            values[i] = args[a[0]]
+            lines.append(f"    v{i} = args[{int(a[0])}]")
         else:
-            values[i] = fn(*(values[j] for j in a))
-    return [float(v) for v in values.values()]
+            lines.append(f"    v{i} = " + _PY_FORMS[op].format(*(f"v{int(j)}" for j in a)))
+        names.append(f"v{i}")
+    source = "def uniform(args, C=C, _sqrt=_sqrt, float=float):\n" + "\n".join(lines) + \
+        f"\n    return [{', '.join(f'float({n})' for n in names)}]\n"
+    scope: dict[str, Any] = {"C": consts, "_sqrt": _sqrt}
+    exec(compile(source, "<torchstep uniform scalars>", "exec"), scope)  # noqa: S102 -- source built above from node kinds
+    return scope["uniform"]
 
 
 def uniform_steps(program: Program) -> list[tuple]:
-    """(node, op, Python function, operands) for each uniform node, prepared once per program."""
+    """(node, op, operands) for each uniform node, prepared once per program; ValueError for an
+    operation with no Python form."""
     cached = program.__dict__.get("_uniform_steps")
     if cached is None:
         cached = []
         for i in uniform_nodes(program):
             op, *a = program.nodes[i]
-            if op not in ("const", "arg") and op not in _PY_OPS:
+            if op not in ("const", "arg") and op not in _PY_FORMS:
                 raise ValueError(f"uniform node {op} has no Python form")
-            cached.append((i, op, _PY_OPS.get(op), a))
+            cached.append((i, op, a))
         program.__dict__["_uniform_steps"] = cached
     return cached
 

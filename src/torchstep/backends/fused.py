@@ -47,11 +47,29 @@ class CKernel:
             sums: torch.Tensor | None = None) -> None:
         """``tables[k]``: int64 data pointers of operand k (p, g, state...) for every tensor, then
         the per-tensor scalars (float64); ``sums``: (reductions, chunks) float64 output, if any."""
-        table_of_tables = (ctypes.c_int64 * len(tables))(*(t.data_ptr() for t in tables))
-        chunk_t, chunk_s, chunk_n = _chunks(sizes, cpu_kernel.CHUNK)
-        self.lib.step(chunk_t.numel(), chunk_t.data_ptr(), chunk_s.data_ptr(), chunk_n.data_ptr(), table_of_tables,
-                      (ctypes.c_double * len(args))(*args), None if sums is None else sums.data_ptr(),
-                      min(torch.get_num_threads(), chunk_t.numel()))  # no idle threads to wait for
+        self.run_prepared(Launch(tables, sizes, device), args, sums)
+
+    def run_prepared(self, launch: "Launch", args: list[float], sums: torch.Tensor | None = None) -> None:
+        """:meth:`run` with the tables and chunks of ``launch`` (kept while they hold)."""
+        self.lib.step(launch.nchunks, *launch.chunk_ptrs, launch.table_of_tables, (ctypes.c_double * len(args))(*args),
+                      None if sums is None else sums.data_ptr(),
+                      min(torch.get_num_threads(), launch.nchunks))  # no idle threads to wait for
+
+
+class Launch:
+    """What a kernel launch needs besides its scalars: the pointer tables (kept alive here), the
+    table of their addresses, and the chunking of the tensors. A plan keeps one per bucket while
+    its tables -- the gradients' included -- stay the same, so a step builds none of it."""
+
+    __slots__ = ("tables", "sizes", "device", "chunks", "chunk_ptrs", "nchunks", "table_of_tables", "grad_ptrs")
+
+    def __init__(self, tables: list[torch.Tensor], sizes: tuple[int, ...], device=None, chunk: int = 0) -> None:
+        self.tables, self.sizes, self.device = tables, sizes, device
+        self.chunks = _chunks(sizes, chunk or cpu_kernel.CHUNK)
+        self.chunk_ptrs = tuple(c.data_ptr() for c in self.chunks)
+        self.nchunks = self.chunks[0].numel()
+        self.table_of_tables = (ctypes.c_int64 * len(tables))(*(t.data_ptr() for t in tables))
+        self.grad_ptrs: list[int] | None = None  # the plan's gradient addresses the tables hold
 
 
 class TritonKernel:
@@ -66,6 +84,9 @@ class TritonKernel:
         chunks = _chunks(sizes, triton_kernel.BLOCK)
         ptrs = torch.cat([t.view(torch.int64).to(device) for t in tables])
         triton_kernel.launch(self.kernel, ptrs, len(sizes), chunks, torch.tensor(args, dtype=torch.float64), device, sums)
+
+    def run_prepared(self, launch: Launch, args: list[float], sums: torch.Tensor | None = None) -> None:
+        self.run(launch.tables, launch.sizes, args, launch.device, sums)
 
 
 def kernel_kind(p: torch.Tensor, force_triton: bool = False) -> str | None:
@@ -350,11 +371,19 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
                 plan.counters.broadcast(n, members, lead[n])
     values = {**scalars, **item.values}
     uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.squeeze_scalar(values[k]) for k in item.program.scalars])
-    grad_ptrs = grad_table(plan.grad_ptrs, members)
-    if subset is None:
-        tables, sizes = [bucket.tables[0], grad_ptrs, *bucket.tables[1:]], bucket.sizes
+    device = plan.params[members[0]].device
+    if subset is None:  # the whole bucket: its launch is kept while the gradients stay where they were
+        launch = bucket.launch
+        if launch is None or launch.grad_ptrs is not plan.grad_ptrs:
+            tables = [bucket.tables[0], grad_table(plan.grad_ptrs, members), *bucket.tables[1:]]
+            launch = bucket.launch = Launch(tables, bucket.sizes, device, _chunk_of(item.runner))
+            launch.grad_ptrs = plan.grad_ptrs
     else:
         pick = torch.tensor(subset, dtype=torch.int64)
-        tables = [bucket.tables[0][pick], grad_ptrs, *(t[pick] for t in bucket.tables[1:])]
-        sizes = tuple(bucket.sizes[j] for j in subset)
-    item.runner.run(tables, sizes, uniform, plan.params[members[0]].device)
+        tables = [bucket.tables[0][pick], grad_table(plan.grad_ptrs, members), *(t[pick] for t in bucket.tables[1:])]
+        launch = Launch(tables, tuple(bucket.sizes[j] for j in subset), device, _chunk_of(item.runner))
+    item.runner.run_prepared(launch, uniform)
+
+
+def _chunk_of(runner: Any) -> int:
+    return triton_kernel.BLOCK if isinstance(runner, TritonKernel) else cpu_kernel.CHUNK

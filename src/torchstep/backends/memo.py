@@ -16,17 +16,15 @@ import weakref
 from typing import Any, Callable, Iterator
 
 
-def _structure(value: Any) -> Any:
-    """What of a scalar's value shapes a program (booleans, None, strings), not its number."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    return "#"
+# the types of the scalar values that shape a program (booleans, None, strings); any other value
+# (a number, a 0-d tensor) is a runtime argument
+_SHAPING = frozenset((bool, str, type(None)))
 
 
 def scalar_structure(scalars: dict) -> tuple:
     """The part of ``scalars`` a traced program depends on: names, and the values that choose its
     structure; numbers are runtime arguments and appear only as ``"#"``."""
-    return tuple((k, _structure(v)) for k, v in sorted(scalars.items()))
+    return tuple([(k, v if type(v) in _SHAPING else "#") for k, v in sorted(scalars.items())])
 
 
 def _anchors(fn: Callable) -> tuple:

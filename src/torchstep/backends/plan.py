@@ -183,6 +183,7 @@ class Bucket:
     members: list[int]  # positions in Plan.params
     sizes: tuple[int, ...]
     tables: list[torch.Tensor]  # pointer table per written operand: p, then each state tensor
+    launch: Any = None  # the fused backend's prepared launch (tables with the gradients'), while it holds
 
 
 @dataclass
@@ -245,9 +246,10 @@ class Plan:
                 or list(map(_device_of, grads)) != self._devices):
             return None
         starts = list(map(_T.data_ptr, grads))
-        if starts != self.grad_ptrs and self.written.hit_by(starts, self._nbytes):  # same as last step: checked
-            return None
-        self.grad_ptrs = starts
+        if starts != self.grad_ptrs:  # (the same as last step's were checked then; the list is kept)
+            if self.written.hit_by(starts, self._nbytes):
+                return None
+            self.grad_ptrs = starts
         return grads
 
 
