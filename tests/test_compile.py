@@ -1,8 +1,9 @@
 """torch.compile around torchstep steps: ``torch.compile(opt.step)`` (the recipe in torch's docs)
 and a compiled training step that calls ``opt.step()`` give eager's results -- tensor lr and a
 scheduler changing it included -- and compile no more frames than torch.optim in the same
-script. (A torchstep step always runs eagerly: see ``core/optimizer.py``.) One inductor cache
-directory is shared by the module."""
+script. An element-wise step is traced as one ``torchstep::fused_step`` call per group (no graph
+break at ``opt.step()``, see ``backends/compiled.py``); the rest runs eagerly behind a graph
+break. One inductor cache directory is shared by the module."""
 
 import pytest
 import torch

@@ -72,9 +72,12 @@ def _block_ms(step: Callable[[], torch.Tensor], steps: int) -> float:
     return (time.perf_counter() - start) * 1e3 / steps
 
 
-def run(rounds: int = 7, steps: int = 20, warmup: int = 5, eager: bool = True,
+def run(rounds: int = 7, steps: int = 10, warmup: int = 5, eager: bool = True, threads: int | None = None,
         progress: Callable[[str], None] = lambda s: None) -> Result:
-    """Compile and warm up each path, then time ``rounds`` alternating blocks of ``steps`` steps."""
+    """Compile and warm up each path, then time ``rounds`` alternating blocks of ``steps`` steps
+    (``threads``: torch's intra-op threads for the run, default as they are)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     paths: dict[str, Callable[[], torch.Tensor]] = {}
     n_params = 0
     for label, module, compiled in [("torchstep compiled", ts_optim, True), ("torch.optim compiled", torch.optim, True),

@@ -29,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="instead: a torch.compile'd training step (AdamW, tensor lr, ~1.3M-parameter MLP) with "
                    "torchstep vs torch.optim, side by side (--repeat: alternating rounds, median reported)")
+    p.add_argument("--threads", type=int, default=None, help="with --compile: torch's intra-op threads for the run")
 
 
 def _size(text: str) -> int:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_compiled(args: argparse.Namespace) -> int:
     """``--compile``: the compiled training step report of :mod:`torchstep.bench_compile`."""
-    result = bench_compile.run(rounds=args.repeat, progress=lambda s: print(f"  ... {s}", file=sys.stderr, flush=True))
+    result = bench_compile.run(rounds=args.repeat, threads=args.threads, progress=lambda s: print(f"  ... {s}", file=sys.stderr, flush=True))
     print(bench_compile.format_report(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -311,6 +311,8 @@ class Optimizer(torch.optim.Optimizer):
         ``torch.optim.Optimizer``): check and create ``group``'s state, fill the lists with the
         tensors the traced update takes, and return a constant describing that update (None:
         run this group eagerly). Never called outside tracing."""
+        if torch.compiler.is_compiling():  # dynamo could not call it eagerly and traces it: run the group eagerly
+            return None
         return runner.traced_prepare()(self, group, params, grads, states, steps, fresh)
 
     # Hooks for algorithms whose element-wise part is an ``algorithm`` but whose step needs a
