@@ -115,7 +115,7 @@ def test_compiled_training_step_calling_step():
 # (class, options) whose step the custom op takes, and ones it cannot: LAMB (per-tensor trust
 # ratios, its own step) and a cautious Lion group (the traced step runs that group eagerly)
 TRACED = {
-    "AdamW": dict(lr=0.01, weight_decay=0.1), "SGD": dict(lr=0.05, momentum=0.9),
+    "AdamW": dict(lr=0.01, weight_decay=0.1), "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, maximize=True),
     "Adam": dict(lr=0.01, amsgrad=True), "Lion": dict(lr=1e-3),
 }
 EAGER_ONLY = [("Lamb", dict(lr=0.01)), ("Lion", dict(lr=1e-3, cautious=True))]
@@ -206,13 +206,14 @@ def test_traced_step_equals_eager_and_torch(name):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
-def test_eager_then_compiled_then_eager():
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_eager_then_compiled_then_eager(name):
     """State made by eager steps (counters as views of one buffer) carries into compiled steps
     and back, as if every step had been eager."""
-    kwargs = TRACED["SGD"]
-    reference, _ = _train(ts_optim, "SGD", kwargs, compiled=False, steps=6)
+    kwargs = TRACED[name]
+    reference, _ = _train(ts_optim, name, kwargs, compiled=False, steps=6)
     torch._dynamo.reset()
-    params, opt, sched, train_step = _setup(ts_optim, "SGD", kwargs)
+    params, opt, sched, train_step = _setup(ts_optim, name, kwargs)
     fn = torch.compile(train_step)
     for i in range(6):
         (fn if 2 <= i < 4 else train_step)(_weights(i))

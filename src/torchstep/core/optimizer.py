@@ -84,7 +84,7 @@ def _with_step_hooks(step: Callable, traced: Callable | None = None) -> Callable
 
     @functools.wraps(step)
     def dispatching_step(self, *args, **kwargs):
-        if torch.compiler.is_compiling() and self._traceable_step(args, kwargs):
+        if torch.compiler.is_dynamo_compiling() and self._traceable_step(args, kwargs):
             return traced_step(self, *args, **kwargs)
         return eager_step(self, *args, **kwargs)
 
@@ -311,7 +311,7 @@ class Optimizer(torch.optim.Optimizer):
         ``torch.optim.Optimizer``): check and create ``group``'s state, fill the lists with the
         tensors the traced update takes, and return a constant describing that update (None:
         run this group eagerly). Never called outside tracing."""
-        if torch.compiler.is_compiling():  # dynamo could not call it eagerly and traces it: run the group eagerly
+        if torch.compiler.is_dynamo_compiling():  # dynamo could not call it eagerly and traces it: run the group eagerly
             return None
         return runner.traced_prepare()(self, group, params, grads, states, steps, fresh)
 
@@ -344,7 +344,7 @@ class Optimizer(torch.optim.Optimizer):
         (Under torch.compile, ``set_to_none=True`` is traced -- every ``.grad`` set to None
         without reading it, so the graph neither breaks nor guards on the gradients; the rest
         runs outside dynamo, as torch's does.)"""
-        if torch.compiler.is_compiling() and set_to_none is True:
+        if torch.compiler.is_dynamo_compiling() and set_to_none is True:
             for group in self.param_groups:
                 for p in group["params"]:
                     p.grad = None
