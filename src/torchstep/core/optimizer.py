@@ -292,10 +292,10 @@ class Optimizer(torch.optim.Optimizer):
     def _traceable_step(self, args: tuple, kwargs: dict) -> bool:
         """Whether torch.compile may trace this step (evaluated while tracing): the base step of
         an element-wise algorithm without 0-d state of its own, no hook overridden, no closure,
-        no GradScaler. Everything else runs eagerly, behind a graph break."""
+        no GradScaler, not differentiable. Everything else runs eagerly, behind a graph break."""
         algo = self.algorithm
         return (not args and not kwargs and algo is not None and algo.advance is None
-                and not algo.scalar_state and self._step_hooks_plain
+                and not algo.scalar_state and self._step_hooks_plain and not self.defaults.get("differentiable", False)
                 and getattr(self, "grad_scale", None) is None and getattr(self, "found_inf", None) is None)
 
     def _traced_step(self, closure: None = None) -> None:
