@@ -37,10 +37,8 @@ _HOOK_DICTS = (
 )
 
 
-def _with_step_hooks(step: Callable) -> Callable:
-    """Wrap a ``step`` so global and per-optimizer pre/post hooks run around it, as in torch."""
-    if getattr(step, "_torchstep_hooked", False):
-        return step
+def _hooked(step: Callable) -> Callable:
+    """``step`` with global and per-optimizer pre/post hooks run around it, as in torch."""
 
     @functools.wraps(step)
     def hooked_step(self, *args, **kwargs):
@@ -65,12 +63,33 @@ def _with_step_hooks(step: Callable) -> Callable:
                 hook(self, args, kwargs)
             return out
 
-    # torch.compile (of ``opt.step`` or of a training step that calls it) runs the step eagerly:
-    # the fused kernel already is one pass over memory, and tracing the bookkeeping around it
+    return hooked_step
+
+
+def _with_step_hooks(step: Callable, traced: Callable | None = None) -> Callable:
+    """Wrap a ``step`` so hooks run around it, and so torch.compile runs it eagerly (a graph
+    break) -- or, given ``traced`` (the base class's step), traces ``traced`` instead when the
+    optimizer allows it (:meth:`Optimizer._traceable_step`): each group's update then is a
+    custom-op call in the graph (see ``backends/compiled.py``)."""
+    if getattr(step, "_torchstep_hooked", False):
+        return step
+    # Eagerly (and for what the traced step does not cover) the step runs outside dynamo: the
+    # fused kernel already is one pass over memory, and tracing the bookkeeping around it
     # (Python counters, pointer tables) would bake values into graphs and recompile every step.
-    eager_step = torch.compiler.disable(hooked_step)
-    eager_step._torchstep_hooked = True  # type: ignore[attr-defined]
-    return eager_step
+    eager_step = torch.compiler.disable(_hooked(step))
+    if traced is None:
+        eager_step._torchstep_hooked = True  # type: ignore[attr-defined]
+        return eager_step
+    traced_step = _hooked(traced)
+
+    @functools.wraps(step)
+    def dispatching_step(self, *args, **kwargs):
+        if torch.compiler.is_dynamo_compiling() and self._traceable_step(args, kwargs):
+            return traced_step(self, *args, **kwargs)
+        return eager_step(self, *args, **kwargs)
+
+    dispatching_step._torchstep_hooked = True  # type: ignore[attr-defined]
+    return dispatching_step
 
 
 def _add_hook(hooks: OrderedDict, hook: Callable, prepend: bool) -> RemovableHandle:
@@ -126,6 +145,7 @@ class Optimizer(torch.optim.Optimizer):
         super().__init_subclass__(**kwargs)
         if "step" in cls.__dict__:
             cls.step = _with_step_hooks(cls.__dict__["step"])  # type: ignore[method-assign]
+        cls._step_hooks_plain = all(getattr(cls, n) is getattr(Optimizer, n) for n in Optimizer._STEP_HOOKS)
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         torch._C._log_api_usage_once("torchstep.optimizer")
@@ -262,6 +282,39 @@ class Optimizer(torch.optim.Optimizer):
             if p not in known and p in self.state and not self.state[p]:
                 del self.state[p]
 
+    # -- the traced step (torch.compile) ----------------------------------------------------
+
+    # the per-step hooks a subclass may override; one that does keeps the eager step under
+    # torch.compile (a graph break), since the traced step does not call them
+    _STEP_HOOKS = ("_check_step", "_prepare_step", "_backend_group", "_own_options")
+    _step_hooks_plain = True  # set per subclass: it overrides none of _STEP_HOOKS
+
+    def _traceable_step(self, args: tuple, kwargs: dict) -> bool:
+        """Whether torch.compile may trace this step (evaluated while tracing): the base step of
+        an element-wise algorithm without 0-d state of its own, no hook overridden, no closure,
+        no GradScaler, not differentiable. Everything else runs eagerly, behind a graph break."""
+        algo = self.algorithm
+        return (not args and not kwargs and algo is not None and algo.advance is None
+                and not algo.scalar_state and self._step_hooks_plain and not self.defaults.get("differentiable", False)
+                and getattr(self, "grad_scale", None) is None and getattr(self, "found_inf", None) is None)
+
+    def _traced_step(self, closure: None = None) -> None:
+        """The step as torch.compile traces it: per group, the installed traced runner (state is
+        created while tracing, by :meth:`_init_group`; the update is one custom-op call)."""
+        run = runner.traced_runner()
+        with torch.no_grad():
+            for group in self.param_groups:
+                run(self, group)
+
+    def _init_group(self, group: dict, params: list, grads: list, states: list, steps: list, fresh: list) -> Any:
+        """Dynamo runs this eagerly while tracing (it special-cases ``_init_group`` of a
+        ``torch.optim.Optimizer``): check and create ``group``'s state, fill the lists with the
+        tensors the traced update takes, and return a constant describing that update (None:
+        run this group eagerly). Never called outside tracing."""
+        if torch.compiler.is_dynamo_compiling():  # dynamo could not call it eagerly and traces it: run the group eagerly
+            return None
+        return runner.traced_prepare()(self, group, params, grads, states, steps, fresh)
+
     # Hooks for algorithms whose element-wise part is an ``algorithm`` but whose step needs a
     # little more around it (Adan's global clipping, Schedule-Free's per-group schedule).
 
@@ -286,9 +339,20 @@ class Optimizer(torch.optim.Optimizer):
         fused backend keys what it caches by the original ``group``, so a fresh dict is fine."""
         return group
 
-    @torch.compiler.disable  # as torch's: a compiled caller does not guard on the gradients
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset the gradients: to ``None`` (default), or to zeros when ``set_to_none=False``."""
+        """Reset the gradients: to ``None`` (default), or to zeros when ``set_to_none=False``.
+        (Under torch.compile, ``set_to_none=True`` is traced -- every ``.grad`` set to None
+        without reading it, so the graph neither breaks nor guards on the gradients; the rest
+        runs outside dynamo, as torch's does.)"""
+        if torch.compiler.is_dynamo_compiling() and set_to_none is True:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            return None
+        return self._reset_grads_eagerly(set_to_none)
+
+    def _reset_grads(self, set_to_none: bool = True) -> None:
+        """The body of :meth:`zero_grad`."""
         with torch.autograd.profiler.record_function(f"Optimizer.zero_grad#{type(self).__name__}.zero_grad"):
             for group in self.param_groups:
                 for p in group["params"]:
@@ -302,6 +366,8 @@ class Optimizer(torch.optim.Optimizer):
                     else:
                         p.grad.requires_grad_(False)
                     p.grad.zero_()
+
+    _reset_grads_eagerly = torch._disable_dynamo(_reset_grads)
 
     # -- state_dict -----------------------------------------------------------------------
 
@@ -579,4 +645,4 @@ def _missing_state(key: str, group: int, index: int, state: dict) -> KeyError:
     )
 
 
-Optimizer.step = _with_step_hooks(Optimizer.step)  # type: ignore[method-assign]
+Optimizer.step = _with_step_hooks(Optimizer.step, Optimizer._traced_step)  # type: ignore[method-assign]

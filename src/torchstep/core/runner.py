@@ -37,3 +37,31 @@ def group_runner() -> GroupRunner:
     if not _installed:
         raise RuntimeError("no torchstep backend is installed (import torchstep.backends before stepping)")
     return _installed[0]
+
+
+# The traced step (torch.compile): ``prepare(opt, group, params, grads, states, steps, fresh)``
+# runs eagerly while dynamo traces (as ``Optimizer._init_group``): it creates state, fills the
+# lists and returns a constant; ``run(opt, group)`` is traced and puts the group's step in the graph.
+TracedPrepare = Callable[..., Any]
+TracedRunner = Callable[[Any, dict], None]
+
+_traced: list[tuple[TracedRunner, TracedPrepare]] = []
+
+
+def install_traced(run: TracedRunner, prepare: TracedPrepare) -> None:
+    """Make ``run`` / ``prepare`` the traced group step and its eager preparation."""
+    _traced[:] = [(run, prepare)]
+
+
+def traced_runner() -> TracedRunner:
+    """The installed traced group step (see :func:`install_traced`)."""
+    if not _traced:
+        raise RuntimeError("no torchstep traced step is installed (import torchstep.backends before stepping)")
+    return _traced[0][0]
+
+
+def traced_prepare() -> TracedPrepare:
+    """The installed eager preparation of a traced group step."""
+    if not _traced:
+        raise RuntimeError("no torchstep traced step is installed (import torchstep.backends before stepping)")
+    return _traced[0][1]

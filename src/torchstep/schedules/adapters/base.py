@@ -98,6 +98,11 @@ def format_param(name: str, optimizer: Any, value: Any) -> list[Any]:
 
 def _mark_step_called(optimizer: Any, args: Any, kwargs: Any) -> None:
     optimizer._opt_called = True
+    # under torch.compile, dynamo drops attribute assignments on an optimizer made inside its
+    # traced step (a torch.optim.Optimizer subclass); an item assignment in a list survives
+    box = getattr(optimizer, "_torchstep_step_called", None)
+    if box is not None:
+        box[0] = True
 
 
 def _instance_step(optimizer: Any) -> Any:
@@ -130,6 +135,7 @@ def _track_steps(optimizer: Any) -> bool:
     if register is None:
         return False
     register(_mark_step_called)
+    optimizer._torchstep_step_called = [False]
     optimizer._torchstep_tracks_steps = True
     return True
 
@@ -204,7 +210,8 @@ class LRScheduler(_torch_lr.LRScheduler):
         observable = getattr(opt, "_torchstep_tracks_steps", False) or hasattr(opt, "_opt_called") or hasattr(
             getattr(opt, "step", None), "_wrapped_by_lr_sched"
         )
-        if observable and not getattr(opt, "_opt_called", False):
+        called = getattr(opt, "_opt_called", False) or getattr(opt, "_torchstep_step_called", [False])[0]
+        if observable and not called:
             warnings.warn(STEP_ORDER_WARNING, UserWarning, stacklevel=3)
 
     def step(self, epoch: int | None = None) -> None:
