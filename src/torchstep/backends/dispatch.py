@@ -159,17 +159,25 @@ def _run_fused_then_reference(opt: Any, group: dict, grad_scale: Any = None, *, 
     reference.run_tensor_by_tensor(opt, group, leftover)
 
 
-def fused_stages(opt: Any, group: dict, params: list[torch.Tensor], context: dict) -> tuple[Any, list[torch.Tensor]]:
+def fused_stages(opt: Any, group: dict, params: list[torch.Tensor], context: dict, owner: dict | None = None,
+                 part: tuple = ()) -> tuple[Any, list[torch.Tensor]]:
     """The fused lane of a staged algorithm's ``group`` for this step, its kernels obtained
-    (:func:`~.staged.prepare_lane`), or None; and the parameters left for the reference lane."""
+    (:func:`~.staged.prepare_lane`), or None; and the parameters left for the reference lane.
+    ``owner``: the parameter group whose plans to keep, when ``group`` is a per-step view of one
+    part of it (``part`` names the part: each keeps its own plan)."""
     lanes: list = []
 
     def run_fused(cache: dict, force_triton: bool) -> tuple[list, list]:
-        lane, leftover, reasons = staged.prepare_lane(opt, opt.stages, group, params, context, cache, force_triton)
+        mine = cache.setdefault(("part", part), {}) if part else cache
+        try:
+            lane, leftover, reasons = staged.prepare_lane(opt, opt.stages, group, params, context, mine, force_triton)
+        except cpu_kernel.KernelUnavailable:
+            mine.pop("plan", None)
+            raise
         lanes.append(lane)
         return leftover, reasons
 
-    leftover = _fused_or_fallback(opt, group, group, run_fused)
+    leftover = _fused_or_fallback(opt, group, group if owner is None else owner, run_fused)
     if leftover is None:
         return None, params
     return lanes[0], leftover
