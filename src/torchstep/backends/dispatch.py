@@ -8,7 +8,7 @@ gradients take the reference path silently (they are a different algorithm path,
 :func:`run_group_on_backend` is what :mod:`torchstep.backends` installs as the base class's group
 runner (:mod:`torchstep.core.runner`). The backend :func:`use` forces is a context variable: each
 thread and each asyncio task sees its own, starting from ``TORCHSTEP_BACKEND``.
-Staged algorithms (LAMB, LARS, Prodigy) go through :func:`fused_stages`, with the same choices
+Staged algorithms (LAMB, LARS, Prodigy, Adafactor, Muon) go through :func:`fused_stages`, with the same choices
 and fallbacks (one routine, :func:`_fused_or_fallback`). A group with ``cautious=True`` runs its
 ordinary step inside the cautious stage of :mod:`.cautious`.
 """

@@ -1,6 +1,7 @@
-"""The fused backend of staged algorithms (:mod:`torchstep.core.stages`: LAMB, LARS, Prodigy):
-each pass one kernel over every tensor of a group's bucket, with per-tensor scalars in and
-per-tensor reductions out.
+"""The fused backend of staged algorithms (:mod:`torchstep.core.stages`: LAMB, LARS, Prodigy,
+Adafactor, Muon): each pass one kernel over every tensor of a group's bucket, with per-tensor
+scalars in and per-tensor reductions out; matrix stages and per-row/column norms with torch
+operations between the kernels.
 
 :func:`run_pass` runs one element-wise function as one fused kernel over many tensors: it may
 read per-tensor scalars (one float64 value per tensor, e.g. a trust ratio) and may return
@@ -257,7 +258,7 @@ class FusedLane:
         fixed = {k: v for k, v in wanted.items() if k not in numbers and k not in tensors and k not in reads}
         results = [item.fn(**{n: c[i] for n, c in columns.items()}, **fixed, **{k: v[i] for k, v in numbers.items()},
                            **{k: v[i] for k, v in tensors.items()}) for i in range(len(self.plan.params))]
-        self.tensors.update({n: [r[n] for r in results] for n in made})
+        self.tensors.update({n: [r[n].contiguous() for r in results] for n in made})  # the kernels read them flat
         self.values.update({n: torch.tensor([float(r[n]) for r in results], dtype=torch.float64, device=self.device)
                             for n in item.values})
 
