@@ -184,8 +184,10 @@ class FusedLane:
     def __init__(self, opt: Any, algo: Staged, group: dict, plan: Plan, grads: list[torch.Tensor]) -> None:
         self.opt, self.algo, self.group, self.plan, self.grads = opt, algo, group, plan, grads
         self.device = plan.params[0].device
-        self.values: dict[str, torch.Tensor] = {
-            "numel": torch.tensor([p.numel() for p in plan.params], dtype=torch.float64, device=self.device)}
+        numel = plan.passes.get("numel")
+        if numel is None:
+            numel = plan.passes["numel"] = torch.tensor([p.numel() for p in plan.params], dtype=torch.float64, device=self.device)
+        self.values: dict[str, torch.Tensor] = {"numel": numel}
         self.tensors: dict[str, list[torch.Tensor]] = {}
 
     def _operand(self, name: str) -> list[torch.Tensor]:
