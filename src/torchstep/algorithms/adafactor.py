@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import torch
 
-import math
-
 from ..core import check
 from ..core.stages import Along, MatrixStage, Pass, PerTensor, Staged
 from ..core.state import new_step_tensor
@@ -90,10 +88,15 @@ def adafactor_estimate(row_var, col_var, rows, cols, *, new_weight, eps1):
     return {"estimate": estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))}
 
 
+def direction(g, estimate, variance, eps1):
+    r""":math:`U_t = G_t / \max(\sqrt{\hat V_t}, \epsilon_1)`, from ``estimate`` (a matrix's
+    :math:`\hat V_t`) or else ``variance`` (a vector's)."""
+    return (variance if estimate is None else estimate).clamp(min=eps1 * eps1).rsqrt_().mul_(g)
+
+
 def adafactor_direction(p, g, estimate=None, variance=None, *, eps1):
     r"""Pass 2: :math:`U_t`, returned for its norm (the decay is applied before it)."""
-    est = variance if estimate is None else estimate
-    return {"update": est.clamp(min=eps1 * eps1).rsqrt_().mul_(g)}
+    return {"update": direction(g, estimate, variance, eps1)}
 
 
 def adafactor_scale(weight, update, numel, *, rho, lr_rounds, lr_dtype, eps2, d):
@@ -113,8 +116,7 @@ def adafactor_scale(weight, update, numel, *, rho, lr_rounds, lr_dtype, eps2, d)
 
 def adafactor_step(p, g, estimate=None, variance=None, *, eps1, step_size) -> None:
     r"""Pass 3: :math:`\theta_t = \theta + \texttt{step\_size}\,U_t`, :math:`U_t` recomputed."""
-    est = variance if estimate is None else estimate
-    p.add_(est.clamp(min=eps1 * eps1).rsqrt_().mul_(g), alpha=step_size)
+    p.add_(direction(g, estimate, variance, eps1), alpha=step_size)
 
 
 def _factored(group: dict) -> bool:

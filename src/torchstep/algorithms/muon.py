@@ -71,7 +71,8 @@ def muon_momentum(p, g, momentum_buffer, direction=None, *, momentum, nesterov) 
 
 
 def muon_orthogonalize(p, momentum_buffer, direction=None, *, ns_coefficients, ns_steps, eps, lr, adjust_lr_fn) -> dict:
-    r"""Matrix stage: :math:`O_t` (in the parameter's dtype, exactly: it is computed in bfloat16)
+    r"""Matrix stage: :math:`O_t`, computed in bfloat16, in the parameter's dtype (the kernels read
+    one dtype; exact for bfloat16, float32 and float64 parameters, a float16 one sees it rounded)
     and the step's factor :math:`-\gamma'`."""
     update = orthogonalize(momentum_buffer if direction is None else direction, ns_coefficients, ns_steps, eps)
     return {"update": update.to(p.dtype), "step_size": -adjusted_lr(lr, adjust_lr_fn, p.shape)}

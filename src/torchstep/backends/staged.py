@@ -186,7 +186,8 @@ class FusedLane:
         self.device = plan.params[0].device
         numel = plan.passes.get("numel")
         if numel is None:
-            numel = plan.passes["numel"] = torch.tensor([p.numel() for p in plan.params], dtype=torch.float64, device=self.device)
+            numel = torch.tensor([p.numel() for p in plan.params], dtype=torch.float64, device=self.device)
+            plan.passes["numel"] = numel
         self.values: dict[str, torch.Tensor] = {"numel": numel}
         self.tensors: dict[str, list[torch.Tensor]] = {}
 
@@ -218,11 +219,14 @@ class FusedLane:
             fn, reads, written, values, names = self._pass(item, context, scalars, per_tensor)
             for (_, dtype), p in buckets.items():
                 try:
-                    _, program = _kernel(fn, reads, written, values, tuple(names), dtype, fused.kernel_kind(p, force_triton))
+                    _, program = _kernel(fn, reads, written, values, tuple(names), dtype,
+                                         fused.kernel_kind(p, force_triton))
                 except NotTraceable as exc:
-                    raise cpu_kernel.KernelUnavailable(f"a stage uses an operation the tracer does not model: {exc}") from None
+                    raise cpu_kernel.KernelUnavailable(
+                        f"a stage uses an operation the tracer does not model: {exc}") from None
                 if any(program.nodes[node][0] != "in" for node, _ in program.along.values()):
-                    raise cpu_kernel.KernelUnavailable("a per-row or per-column reduction of a computed expression has no kernel")
+                    raise cpu_kernel.KernelUnavailable(
+                        "a per-row or per-column reduction of a computed expression has no kernel")
                 per_tensor += [k for k in program.reductions if k not in per_tensor]
 
     def begin(self) -> None:
@@ -240,7 +244,8 @@ class FusedLane:
     def _run_pass(self, item: Pass, context: dict, scalars: dict) -> None:
         fn, reads, written, values, names = self._pass(item, context, scalars, list(self.values))
         first = self.plan.params[0]
-        _, program = _kernel(fn, reads, written, values, tuple(names), first.dtype, fused.kernel_kind(first, self.plan.force_triton))
+        _, program = _kernel(fn, reads, written, values, tuple(names), first.dtype,
+                             fused.kernel_kind(first, self.plan.force_triton))
         for n in names_of(item.makes, self.group):
             self.tensors[n] = [torch.empty_like(p) for p in self.plan.params]
         operands = {n: self._operand(n) for n in reads}

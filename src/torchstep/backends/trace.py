@@ -46,7 +46,7 @@ class Program:
     per_tensor: list[str] = field(default_factory=list)
     reductions: dict[str, int] = field(default_factory=dict)  # name -> node whose square is summed per tensor
     summed: list[str] = field(default_factory=list)  # reductions summed as they are, not squared
-    along: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (node, dim): norms along a dim, not in the kernel
+    along: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (node, dim): norms along a dim, not kernel work
 
     def key(self) -> tuple:
         return (tuple(self.inputs), tuple(self.scalars), tuple(self.nodes), tuple(sorted(self.outputs.items())),

@@ -6,8 +6,8 @@ A :class:`Staged` algorithm's step is its ``program``, a sequence of
 * :class:`Pass` -- an element-wise function run over every tensor. It is called with keyword
   arguments: its operands (``reads``: ``"p"``; ``"g"``, the gradient after the shared wrappers of
   :mod:`.wrappers`; ``"grad"``, the gradient as stored; state names), the uniform scalars of the
-  group and the per-tensor values it names (``numel``, the element count, is always one). It updates the operands named in ``writes`` in place
-  and may return ``{name: expression}``: per-tensor reductions -- the L2 norm of a bare
+  group and the per-tensor values it names (``numel``, the element count, is always one). It
+  updates the operands named in ``writes`` in place and may return ``{name: expression}``: per-tensor reductions -- the L2 norm of a bare
   expression, the plain sum of one wrapped in :class:`Summed` (a dot product, an L1 norm), the
   L2 norms along one of the last two dimensions of one wrapped in :class:`Along` (a tensor per
   parameter: one norm per row, or per column, of each matrix -- Adafactor's factored statistics).
@@ -130,7 +130,8 @@ class Across:
 def first_reading_g(program: tuple, group: dict) -> Any:
     """The first item of ``program`` that runs for ``group`` and reads ``"g"`` (it applies the
     decoupled weight decay), or None."""
-    return next((item for item in program if isinstance(item, Pass) and item.when(group) and "g" in names_of(item.reads, group)), None)
+    return next((item for item in program
+                 if isinstance(item, Pass) and item.when(group) and "g" in names_of(item.reads, group)), None)
 
 
 def group_wrappers(group: dict, context: dict) -> dict:
