@@ -138,6 +138,13 @@ def _split(group: dict, params: list) -> list[tuple[dict, list]]:
     return [({"factored": True, "eps1": eps1}, matrices), ({"factored": False, "eps1": eps1}, vectors)]
 
 
+def refuse_empty(p: torch.Tensor) -> None:
+    """torch's step divides by the RMS's element count: a parameter with no elements raises, here
+    before anything moves."""
+    if p.numel() == 0:
+        raise ZeroDivisionError(f"float division by zero (Adafactor's RMS of a parameter with no elements, shape {tuple(p.shape)})")
+
+
 def _state_shape(p: torch.Tensor, name: str, group: dict) -> tuple:
     shape = tuple(p.shape)
     if name == "row_var":
@@ -153,8 +160,9 @@ def _step_scalars(group: dict, t: float) -> dict:
 
 def _scalars(group: dict, context: dict) -> dict:
     lr = group["lr"]
+    # a tensor lr's arithmetic with Python floats is in this dtype (the default one for an integer lr)
     return dict(eps1=group["eps1"], eps2=group["eps"][1], d=group["d"], factored=group["factored"],
-                lr_dtype=lr.dtype if isinstance(lr, torch.Tensor) else None)
+                lr_dtype=torch.result_type(lr, 1.0) if isinstance(lr, torch.Tensor) else None)
 
 
 def _wrappers(group: dict, context: dict) -> dict:
@@ -182,6 +190,7 @@ ADAFACTOR_STAGES = Staged(
     wrappers=_wrappers,
     state_shape=_state_shape,
     split=_split,
+    check=refuse_empty,
 )
 
 

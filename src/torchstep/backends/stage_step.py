@@ -56,8 +56,7 @@ def step(opt: Any) -> None:
         for lane in fused_lanes:
             lane.run(segments[0][0], context)
         for view, params in rest:
-            if params:
-                opt.update_group(view, params)
+            opt.update_group(view, params)
         return
     lanes = fused_lanes + [reference_stages.ReferenceLane(opt, algo, g, ps) for g, ps in rest if ps]
     for lane in lanes[len(fused_lanes):]:
