@@ -537,8 +537,8 @@ _MODERN = {"Lion": "lion-pytorch 0.2.5; pytorch-optimizer 4.1.0", "Adan": "pytor
 _OWN_MODULE = {
     "SparseAdam": ("torch.optim.SparseAdam", "tests/test_sparse.py", False),
     "LBFGS": ("torch.optim.LBFGS", "tests/test_lbfgs.py", False),
-    "Adafactor": ("torch.optim.Adafactor", "tests/test_adafactor.py", False),
-    "Muon": ("torch.optim.Muon", "tests/test_muon.py", False),
+    "Adafactor": ("torch.optim.Adafactor", "tests/test_adafactor.py", True),
+    "Muon": ("torch.optim.Muon", "tests/test_muon.py", True),
     "Lamb": ("pytorch-optimizer 4.1.0", "tests/test_modern_trust.py", True),
     "LARS": ("pytorch-optimizer 4.1.0", "tests/test_modern_trust.py", True),
     "Prodigy": ("prodigyopt 1.1.2", "tests/test_prodigy.py", True),
@@ -569,6 +569,8 @@ _LAUNCHES = {
                                                  bias_correction=False, maximize=True)],
     "LARS": [dict(lr=0.5, weight_decay=0.01, nesterov=True), dict(lr=0.5, momentum=0.0)],
     "Prodigy": [dict(lr=1.0), dict(lr=1.0, weight_decay=0.1, decouple=False, safeguard_warmup=True, betas=(0.0, 0.99))],
+    "Adafactor": [dict(lr=1e-2), dict(lr=1e-2, weight_decay=0.1, maximize=True, eps=(1e-30, 1e-2))],
+    "Muon": [dict(lr=0.02), dict(lr=0.02, nesterov=False, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")],
     "SGDScheduleFree": [dict(lr=0.1, momentum=0.5, weight_decay=0.01)],
     "AdamWScheduleFree": [dict(lr=0.01, weight_decay=0.05, warmup_steps=3)],
 }

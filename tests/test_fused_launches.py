@@ -24,6 +24,8 @@ STEPS = 3
 # and copies the masked result back after it; the update itself -- what a fallback computes with
 # torch's arithmetic (add_, lerp_, addcdiv_, ...) -- must not be written by torch
 CAUTIOUS_STAGE_WRITES = {"aten.zero_.default", "aten.copy_.default"}
+# shapes for an algorithm that takes 2-D parameters only (the default shapes otherwise)
+MATRICES = {"Muon": [(4, 5), (6, 3), (1, 7), (5, 5)]}
 FUSED = [(name, kwargs) for name, algo in ALGORITHMS.items() if algo.fused for kwargs in algo.launch_configs]
 
 
@@ -71,7 +73,7 @@ def _step_counting(opt, params, launches, step):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name,kwargs", FUSED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FUSED)])
 def test_every_step_launches_kernels_and_nothing_falls_back(name, kwargs, dtype, launches):
-    params = make_params(dtype)
+    params = make_params(dtype, shapes=MATRICES[name]) if name in MATRICES else make_params(dtype)
     start = [p.detach().clone() for p in params]
     cls = ALGORITHMS[name].cls
     accepted = inspect.signature(cls).parameters

@@ -21,7 +21,9 @@ EXTRA = [("Adam", dict(lr=1e-2, maximize=True, weight_decay=0.1, decoupled_weigh
          # per-tensor algorithms: fused passes with per-tensor scalars and per-tensor reductions
          ("Lamb", dict(lr=1e-2, weight_decay=0.1)),
          ("Lamb", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, bias_correction=False, maximize=True)),
-         ("LARS", dict(lr=0.5, weight_decay=0.01, nesterov=True)), ("LARS", dict(lr=0.5, momentum=0.0))]
+         ("LARS", dict(lr=0.5, weight_decay=0.01, nesterov=True)), ("LARS", dict(lr=0.5, momentum=0.0)),
+         # row/column norms and a matrix stage between the passes
+         ("Adafactor", dict(lr=1e-2, weight_decay=0.1, maximize=True))]
 
 
 def run(backend, algo, kwargs, dtype):

@@ -16,9 +16,12 @@ the adjusted rate :math:`\gamma'` (``adjust_lr_fn``) is :math:`\gamma\sqrt{\max(
 ``None`` / ``"original"`` (Jordan) or :math:`0.2\,\gamma\sqrt{\max(A, B)}` for
 ``"match_rms_adamw"`` (Liu et al.), which gives updates the RMS of AdamW's.
 
-Not element-wise: the momentum is, but the orthogonalization acts on the whole matrix, so the
-algorithm is a per-tensor stage, :func:`muon_update`, run by
-:class:`~torchstep.algorithms.per_tensor.PerTensorOptimizer`.
+Not element-wise: the momentum is, but the orthogonalization acts on the whole matrix, so Muon
+is written as stages (:mod:`torchstep.core.stages`, ``MUON_STAGES``): :func:`muon_momentum` (a
+pass: :math:`B_t`, and :math:`\tilde B_t` as a temporary with nesterov), :func:`muon_orthogonalize`
+(a matrix stage, torch operations: :math:`O_t` and :math:`-\gamma'`) and :func:`muon_step` (a
+pass). The fused backend runs the two passes as kernels. The decay comes from the shared wrapper
+(decoupled, at ``lr`` as given).
 State: ``momentum_buffer`` (:math:`B`). Dense, real 2-D parameters only; use e.g. AdamW for
 biases, embeddings and other parameters.
 References: Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
@@ -34,6 +37,7 @@ import operator
 import torch
 
 from ..core import check
+from ..core.stages import MatrixStage, Pass, Staged
 from ..core.wrappers import squeeze_scalar
 from .newton_schulz import (
     DEFAULT_COEFFICIENTS,
@@ -41,7 +45,7 @@ from .newton_schulz import (
     DEFAULT_STEPS,
     orthogonalize,
 )
-from .per_tensor import PerTensorOptimizer
+from .stage_optimizer import StagedOptimizer
 
 LR_ADJUSTMENTS = (None, "original", "match_rms_adamw")
 MAX_NS_STEPS = 100
@@ -59,13 +63,24 @@ def adjusted_lr(lr, adjust_lr_fn: str | None, shape: torch.Size):
     return lr * 1.0
 
 
-def muon_update(p, g, momentum_buffer, *, lr, weight_decay, momentum, nesterov, ns_coefficients, ns_steps, eps, adjust_lr_fn) -> None:
-    """One Muon step of one matrix (see module docstring)."""
+def muon_momentum(p, g, momentum_buffer, direction=None, *, momentum, nesterov) -> None:
+    r"""Pass 1: :math:`B_t`; with nesterov, :math:`\tilde B_t` into the temporary ``direction``."""
     momentum_buffer.lerp_(g, 1 - momentum)
-    direction = g.lerp(momentum_buffer, momentum) if nesterov else momentum_buffer
-    update = orthogonalize(direction, ns_coefficients, ns_steps, eps)
-    p.mul_(1 - lr * weight_decay)
-    p.add_(update, alpha=-adjusted_lr(lr, adjust_lr_fn, p.shape))
+    if nesterov:
+        direction.copy_(g.lerp(momentum_buffer, momentum))
+
+
+def muon_orthogonalize(p, momentum_buffer, direction=None, *, ns_coefficients, ns_steps, eps, lr, adjust_lr_fn) -> dict:
+    r"""Matrix stage: :math:`O_t`, computed in bfloat16, in the parameter's dtype (the kernels read
+    one dtype; exact for bfloat16, float32 and float64 parameters, a float16 one sees it rounded)
+    and the step's factor :math:`-\gamma'`."""
+    update = orthogonalize(momentum_buffer if direction is None else direction, ns_coefficients, ns_steps, eps)
+    return {"update": update.to(p.dtype), "step_size": -adjusted_lr(lr, adjust_lr_fn, p.shape)}
+
+
+def muon_step(p, update, *, step_size) -> None:
+    r"""Pass 2: :math:`\theta_t = \theta - \gamma' O_t` (the decay came with pass 1)."""
+    p.add_(update, alpha=step_size)
 
 
 def require_matrix(p: torch.Tensor) -> None:
@@ -77,8 +92,42 @@ def require_matrix(p: torch.Tensor) -> None:
         )
 
 
-class Muon(PerTensorOptimizer):
+def require_matrix_gradient(p: torch.Tensor) -> None:
+    if p.grad.ndim != 2:
+        raise ValueError(
+            f"Param gradient must be a 2D matrix (a parameter of shape {tuple(p.shape)} reached Muon's "
+            "step; Muon optimizes 2-D matrices only)"
+        )
+
+
+def _scalars(group: dict, context: dict) -> dict:
+    return {**{k: group[k] for k in ("momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")},
+            "lr": squeeze_scalar(group["lr"])}
+
+
+def _nesterov(group: dict) -> tuple[str, ...]:
+    return ("direction",) if group["nesterov"] else ()
+
+
+MUON_STAGES = Staged(
+    name="muon",
+    state_names=lambda group: ("momentum_buffer",),
+    init=lambda p, group: {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)},
+    program=(Pass(muon_momentum, ("p", "g", "momentum_buffer"), ("momentum_buffer",), makes=_nesterov),
+             MatrixStage(muon_orthogonalize, ("p", "momentum_buffer"), ("update",), ("step_size",)),
+             Pass(muon_step, ("p", "update"), ("p",))),
+    scalars=_scalars,
+    counter=None,
+    wrappers=lambda group, context: dict(weight_decay=group["weight_decay"], decoupled_weight_decay=True,
+                                         lr=squeeze_scalar(group["lr"])),
+    check=require_matrix_gradient,
+)
+
+
+class Muon(StagedOptimizer):
     """Muon for 2-D parameters; see :mod:`torchstep.algorithms.muon`."""
+
+    stages = MUON_STAGES
 
     _load_defaults: dict = {}  # torch's __setstate__ fills in nothing
 
@@ -111,20 +160,7 @@ class Muon(PerTensorOptimizer):
         )
         super().__init__(params, defaults)
         # as torch: the parameters given here are checked now; a group added later is checked
-        # when its gradients reach the step (``update_group``)
+        # when its gradients reach the step (``require_matrix_gradient``)
         for group in self.param_groups:
             for p in group["params"]:
                 require_matrix(p)
-
-    def init_state(self, p: torch.Tensor, group: dict) -> dict:
-        return {"momentum_buffer": torch.zeros_like(p.grad, memory_format=torch.preserve_format)}
-
-    def update_group(self, group: dict, params: list[torch.Tensor]) -> None:
-        hyper = {k: group[k] for k in ("weight_decay", "momentum", "nesterov", "ns_coefficients", "ns_steps", "eps", "adjust_lr_fn")}
-        for p in params:
-            if p.grad.ndim != 2:
-                raise ValueError(
-                    f"Param gradient must be a 2D matrix (a parameter of shape {tuple(p.shape)} reached Muon's "
-                    "step; Muon optimizes 2-D matrices only)"
-                )
-            muon_update(p, p.grad, self.state[p]["momentum_buffer"], lr=squeeze_scalar(group["lr"]), **hyper)

@@ -1,7 +1,7 @@
 """The shared ``step`` of algorithms written as stages (:mod:`torchstep.core.stages`): LAMB,
-LARS, Prodigy. A subclass sets ``stages`` (a :class:`~torchstep.core.stages.Staged`); the
-backends run it (:mod:`torchstep.backends.stage_step`): fused where they can, tensor by tensor
-otherwise, from the same stage functions.
+LARS, Prodigy, Adafactor, Muon. A subclass sets ``stages`` (a
+:class:`~torchstep.core.stages.Staged`); the backends run it (:mod:`torchstep.backends.stage_step`):
+fused where they can, tensor by tensor otherwise, from the same stage functions.
 """
 
 from __future__ import annotations

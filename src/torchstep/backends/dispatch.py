@@ -8,7 +8,7 @@ gradients take the reference path silently (they are a different algorithm path,
 :func:`run_group_on_backend` is what :mod:`torchstep.backends` installs as the base class's group
 runner (:mod:`torchstep.core.runner`). The backend :func:`use` forces is a context variable: each
 thread and each asyncio task sees its own, starting from ``TORCHSTEP_BACKEND``.
-Staged algorithms (LAMB, LARS, Prodigy) go through :func:`fused_stages`, with the same choices
+Staged algorithms (LAMB, LARS, Prodigy, Adafactor, Muon) go through :func:`fused_stages`, with the same choices
 and fallbacks (one routine, :func:`_fused_or_fallback`). A group with ``cautious=True`` runs its
 ordinary step inside the cautious stage of :mod:`.cautious`.
 """
@@ -159,17 +159,25 @@ def _run_fused_then_reference(opt: Any, group: dict, grad_scale: Any = None, *, 
     reference.run_tensor_by_tensor(opt, group, leftover)
 
 
-def fused_stages(opt: Any, group: dict, params: list[torch.Tensor], context: dict) -> tuple[Any, list[torch.Tensor]]:
+def fused_stages(opt: Any, group: dict, params: list[torch.Tensor], context: dict, owner: dict | None = None,
+                 part: tuple = ()) -> tuple[Any, list[torch.Tensor]]:
     """The fused lane of a staged algorithm's ``group`` for this step, its kernels obtained
-    (:func:`~.staged.prepare_lane`), or None; and the parameters left for the reference lane."""
+    (:func:`~.staged.prepare_lane`), or None; and the parameters left for the reference lane.
+    ``owner``: the parameter group whose plans to keep, when ``group`` is a per-step view of one
+    part of it (``part`` names the part: each keeps its own plan)."""
     lanes: list = []
 
     def run_fused(cache: dict, force_triton: bool) -> tuple[list, list]:
-        lane, leftover, reasons = staged.prepare_lane(opt, opt.stages, group, params, context, cache, force_triton)
+        mine = cache.setdefault(("part", part), {}) if part else cache
+        try:
+            lane, leftover, reasons = staged.prepare_lane(opt, opt.stages, group, params, context, mine, force_triton)
+        except cpu_kernel.KernelUnavailable:
+            mine.pop("plan", None)
+            raise
         lanes.append(lane)
         return leftover, reasons
 
-    leftover = _fused_or_fallback(opt, group, group, run_fused)
+    leftover = _fused_or_fallback(opt, group, group if owner is None else owner, run_fused)
     if leftover is None:
         return None, params
     return lanes[0], leftover

@@ -1,9 +1,13 @@
 """The reference backend of staged algorithms (:mod:`torchstep.core.stages`): every item of the
 program run tensor by tensor -- the literal definition the fused lanes are tested against.
 
-A pass is called on each tensor with its real operands (``g`` after the shared wrappers); a bare
-reduction is that tensor's L2 norm (``torch.linalg.vector_norm``, in the tensor's dtype), a
-``Summed`` one its sum accumulated in float64; per-tensor arithmetic gets that tensor's 0-d values.
+Each tensor goes through a segment's items before the next one starts (items of one segment are
+independent from tensor to tensor), so its temporaries are dropped before the next tensor makes
+its own. A pass is called with the tensor's real operands (``g`` after the shared wrappers, the
+decoupled decay only in the program's first pass reading it); a bare reduction is that tensor's
+L2 norm (``torch.linalg.vector_norm``, in the tensor's dtype), a ``Summed`` one its sum
+accumulated in float64, an ``Along`` one its norms along the dimension; per-tensor arithmetic
+gets that tensor's 0-d values, a matrix stage its tensors.
 """
 
 from __future__ import annotations
@@ -13,13 +17,22 @@ from typing import Any
 import torch
 
 from ..core import wrappers
-from ..core.stages import PerTensor, Staged, Summed, arguments, names_of
+from ..core.stages import Along, MatrixStage, Pass, PerTensor, Staged, Summed, arguments, first_reading_g, names_of
 
 
-def _reduce(value: Any) -> torch.Tensor:
+def reduce(value: Any) -> torch.Tensor:
+    """One tensor's reduction of ``value`` (see the module docstring)."""
     if isinstance(value, Summed):
         return value.value.sum(dtype=torch.float64)
+    if isinstance(value, Along):
+        return torch.linalg.vector_norm(value.value, dim=value.dim, keepdim=True)
     return torch.linalg.vector_norm(value)
+
+
+def made_names(items: list, group: dict) -> set[str]:
+    """The temporaries ``items`` make for ``group``."""
+    return {n for item in items if isinstance(item, (Pass, MatrixStage)) and item.when(group)
+            for n in names_of(item.makes, group)}
 
 
 class ReferenceLane:
@@ -27,7 +40,8 @@ class ReferenceLane:
 
     def __init__(self, opt: Any, algo: Staged, group: dict, params: list[torch.Tensor]) -> None:
         self.opt, self.algo, self.group, self.params = opt, algo, group, params
-        self.values: list[dict[str, Any]] = [{} for _ in params]
+        self.values: list[dict[str, Any]] = [{"numel": p.numel()} for p in params]
+        self.decaying = first_reading_g(algo.program, group)
 
     def begin(self) -> None:
         """Bump each tensor's ``step`` counter and make its step scalars."""
@@ -43,26 +57,46 @@ class ReferenceLane:
                     by_step[t] = self.algo.step_scalars(self.group, t)
                 values.update(by_step[t])
 
-    def run(self, items: list, context: dict) -> dict[str, list[torch.Tensor]]:
-        """Run ``items`` over each tensor in turn; returns every per-tensor value, tensor by tensor."""
+    def _operands(self, item: Any, p: torch.Tensor, values: dict, options: dict) -> dict:
+        state, group = self.opt.state[p], self.group
+        operands = {}
+        for n in names_of(item.reads, group):
+            operands[n] = p if n == "p" else p.grad if n == "grad" else None if n == "g" else \
+                values[n] if n in values else state[n]
+        if "g" in operands:
+            once = options.get("decoupled_weight_decay", False) and item is not self.decaying
+            decay = {**options, "weight_decay": 0} if once else options
+            operands["g"] = wrappers.prepare_grad(p, p.grad, decay)
+        return operands
+
+    def _run_one(self, items: list, p: torch.Tensor, values: dict, scalars: dict, options: dict) -> None:
         group = self.group
-        scalars = self.algo.scalars(group, context)
-        options = self.algo.wrappers(group, context)
         for item in items:
             if not item.when(group):
                 continue
             if isinstance(item, PerTensor):
-                for values in self.values:
-                    values.update(item.fn(**arguments(item.fn, {**values, **scalars})))
+                values.update(item.fn(**arguments(item.fn, {**values, **scalars})))
                 continue
-            reads, fixed = names_of(item.reads, group), arguments(item.fn, scalars)
-            for p, values in zip(self.params, self.values):
-                state = self.opt.state[p]
-                operands = {n: p if n == "p" else p.grad if n == "grad" else None if n == "g" else state[n] for n in reads}
-                if "g" in reads:
-                    operands["g"] = wrappers.prepare_grad(p, p.grad, options)
-                reduced = item.fn(**operands, **fixed, **arguments(item.fn, values)) or {}
-                values.update({k: _reduce(v) for k, v in reduced.items()})
+            operands = self._operands(item, p, values, options)
+            if isinstance(item, Pass):
+                operands.update({n: torch.empty_like(p) for n in names_of(item.makes, group)})
+            extra = {k: v for k, v in arguments(item.fn, {**scalars, **values}).items() if k not in operands}
+            result = item.fn(**operands, **extra) or {}
+            if isinstance(item, MatrixStage):
+                values.update(result)
+            else:
+                values.update({n: operands[n] for n in names_of(item.makes, group)})
+                values.update({k: reduce(v) for k, v in result.items()})
+
+    def run(self, items: list, context: dict) -> dict[str, list[torch.Tensor]]:
+        """Run ``items`` over each tensor in turn; returns every per-tensor value, tensor by tensor."""
+        scalars = self.algo.scalars(self.group, context)
+        options = self.algo.wrappers(self.group, context)
+        made = made_names(items, self.group)
+        for p, values in zip(self.params, self.values):
+            self._run_one(items, p, values, scalars, options)
+            for n in made:
+                values.pop(n, None)
         names = set().union(*self.values) if self.values else set()
         return {k: [values[k] for values in self.values] for k in names}
 

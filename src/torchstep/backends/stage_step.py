@@ -1,6 +1,7 @@
 """One step of a staged algorithm (:mod:`torchstep.core.stages`) over every group of an optimizer.
 
-Per group the parameters with a gradient are checked (dense, real) and get their missing state
+Per group the parameters with a gradient are checked (dense, real, ``algo.check``), divided
+into parts (``algo.split``: each part runs as a group of its own) and get their missing state
 before anything moves -- as torch does, so an unsupported tensor leaves the whole step undone.
 Each group then runs in up to two lanes: its fused tensors (:class:`~.staged.FusedLane`, chosen
 and prepared through :func:`~.dispatch.fused_stages`, which falls back as every fused path does)
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core import check
+from ..core import check, stages
 from . import dispatch, reference_stages
 
 
@@ -35,24 +36,27 @@ def step(opt: Any) -> None:
     for _, params in taken:
         for p in params:
             check.dense_real(p, type(opt).__name__)
-    for group, params in taken:
+            if algo.check is not None:
+                algo.check(p)
+    taken = [(group, view, key, ps) for group, params in taken for view, key, ps in stages.parts(algo, group, params)]
+    for _, view, _, params in taken:
         for p in params:
-            _ensure_state(algo, p, group, opt.state[p])
+            _ensure_state(algo, p, view, opt.state[p])
     fused_lanes, rest = [], []
-    for group, params in taken:
-        lane, leftover = (None, params) if not (params and algo.fusable(group)) else \
-            dispatch.fused_stages(opt, group, params, context)
+    for group, view, key, params in taken:
+        lane, leftover = (None, params) if not (params and algo.fusable(view)) else \
+            dispatch.fused_stages(opt, view, params, context, owner=group, part=key)
         if lane is not None:
             fused_lanes.append(lane)
-        rest.append((group, leftover))
+        rest.append((view, leftover))
     for lane in fused_lanes:
         lane.begin()
     segments = algo.segments()
     if len(segments) == 1:
         for lane in fused_lanes:
             lane.run(segments[0][0], context)
-        for group, params in rest:
-            opt.update_group(group, params)
+        for view, params in rest:
+            opt.update_group(view, params)
         return
     lanes = fused_lanes + [reference_stages.ReferenceLane(opt, algo, g, ps) for g, ps in rest if ps]
     for lane in lanes[len(fused_lanes):]:

@@ -1,6 +1,7 @@
-"""The fused backend of staged algorithms (:mod:`torchstep.core.stages`: LAMB, LARS, Prodigy):
-each pass one kernel over every tensor of a group's bucket, with per-tensor scalars in and
-per-tensor reductions out.
+"""The fused backend of staged algorithms (:mod:`torchstep.core.stages`: LAMB, LARS, Prodigy,
+Adafactor, Muon): each pass one kernel over every tensor of a group's bucket, with per-tensor
+scalars in and per-tensor reductions out; matrix stages and per-row/column norms with torch
+operations between the kernels.
 
 :func:`run_pass` runs one element-wise function as one fused kernel over many tensors: it may
 read per-tensor scalars (one float64 value per tensor, e.g. a trust ratio) and may return
@@ -22,10 +23,11 @@ from typing import Any, Callable
 import torch
 
 from ..core import wrappers
-from ..core.stages import GRADIENTS, Pass, PerTensor, Staged, arguments, names_of
+from ..core.stages import GRADIENTS, MatrixStage, Pass, PerTensor, Staged, arguments, first_reading_g, names_of
 from . import cpu_kernel, fused, triton_kernel
 from .memo import FunctionCache, scalar_structure
 from .plan import Plan, check_state_shape, is_plain, overlapping
+from .reference_stages import made_names
 from .trace import NotTraceable, trace
 
 # stage function -> {(operands, written, scalar structure, per-tensor names, dtype, kind): (kernel, program)}
@@ -44,14 +46,14 @@ def _kernel(fn: Callable, names: tuple, written: tuple, scalars: dict, per_tenso
 
 def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tuple[str, ...], scalars: dict,
              per_tensor: dict[str, torch.Tensor] | None = None, force_triton: bool = False,
-             cache: dict | None = None, norms: bool = False) -> dict[str, torch.Tensor]:
+             cache: dict | None = None, norms: bool = False, fresh: tuple = ()) -> dict[str, torch.Tensor]:
     """Run ``fn(**elements, **scalars, **per_tensor)`` over every tensor of ``operands`` (name ->
     one tensor per parameter; the first name decides dtype and device), storing ``written``.
     ``per_tensor`` maps a name to a float64 vector (one value per parameter). Returns, for each
     name ``fn`` returned, a float64 vector of per-parameter sums of squares (with ``norms``: their
     square roots, as :func:`norms_in` gives them) or plain sums (:class:`~torchstep.core.stages.Summed`).
     ``cache`` (a :class:`~.plan.Plan`'s ``passes``) keeps the buckets, sizes and pointer tables of
-    every operand but the gradients (``g``, ``grad``)."""
+    every operand but the gradients (``g``, ``grad``) and those named in ``fresh`` (temporaries)."""
     cache = {} if cache is None else cache
     per_tensor = per_tensor or {}
     names = tuple(operands)
@@ -66,7 +68,8 @@ def run_pass(fn: Callable, operands: dict[str, list[torch.Tensor]], written: tup
         runner, program = _kernel(fn, names, written, scalars, tuple(per_tensor), dtype, kind)
         whole = len(members) == len(first)
         pick = None if whole else torch.tensor(members, dtype=torch.int64)
-        tables = [_table(cache, operands[n], members, None if n in GRADIENTS else (n, device, dtype)) for n in names]
+        tables = [_table(cache, operands[n], members, None if n in GRADIENTS or n in fresh else (n, device, dtype))
+                  for n in names]
         tables += [(v if whole else v[pick.to(v.device)]).to(device, torch.float64).contiguous() for v in per_tensor.values()]
         sizes = cache.get(("sizes", device, dtype)) or cache.setdefault(("sizes", device, dtype),
                                                                          tuple(first[i].numel() for i in members))
@@ -152,11 +155,15 @@ def _with_wrappers(fn: Callable, maximize: bool, has_wd: bool, decoupled: bool) 
 
 def wrapped_pass(item: Pass, algo: Staged, group: dict, context: dict) -> tuple[Callable, tuple, tuple, dict]:
     """(function, operands, written operands, extra scalars) of a pass as a kernel runs it: a
-    pass reading ``g`` gets the shared wrappers (and writes ``p`` under decoupled decay)."""
-    reads, writes = names_of(item.reads, group), names_of(item.writes, group)
+    pass reading ``g`` gets the shared wrappers (and writes ``p`` under decoupled decay, applied
+    by the program's first pass reading ``g`` only); a pass's temporaries are operands it writes."""
+    made = names_of(item.makes, group)
+    reads, writes = names_of(item.reads, group) + made, names_of(item.writes, group) + made
     if "g" not in reads:
         return item.fn, reads, writes, {}
     options = algo.wrappers(group, context)
+    if options.get("decoupled_weight_decay", False) and item is not first_reading_g(algo.program, group):
+        options = {**options, "weight_decay": 0}
     wd = wrappers.squeeze_scalar(options.get("weight_decay", 0))
     has_wd = isinstance(wd, torch.Tensor) or wd != 0
     decoupled = has_wd and bool(options.get("decoupled_weight_decay", False))
@@ -170,17 +177,27 @@ def wrapped_pass(item: Pass, algo: Staged, group: dict, context: dict) -> tuple[
 
 class FusedLane:
     """A group's fused tensors (``plan.params``) through a staged program: passes as kernels,
-    per-tensor arithmetic on vectors (one entry per tensor) kept in ``values``."""
+    per-tensor arithmetic on vectors (one entry per tensor) kept in ``values``; matrix stages and
+    per-row/column norms tensor by tensor with torch operations, their tensors (and the passes'
+    temporaries) kept in ``tensors``, one per parameter."""
 
     def __init__(self, opt: Any, algo: Staged, group: dict, plan: Plan, grads: list[torch.Tensor]) -> None:
         self.opt, self.algo, self.group, self.plan, self.grads = opt, algo, group, plan, grads
-        self.values: dict[str, torch.Tensor] = {}
+        self.device = plan.params[0].device
+        numel = plan.passes.get("numel")
+        if numel is None:
+            numel = torch.tensor([p.numel() for p in plan.params], dtype=torch.float64, device=self.device)
+            plan.passes["numel"] = numel
+        self.values: dict[str, torch.Tensor] = {"numel": numel}
+        self.tensors: dict[str, list[torch.Tensor]] = {}
 
     def _operand(self, name: str) -> list[torch.Tensor]:
         if name == "p":
             return self.plan.params
         if name in GRADIENTS:
             return self.grads
+        if name in self.tensors:
+            return self.tensors[name]
         return [s[name] for s in self.plan.states]
 
     def _pass(self, item: Pass, context: dict, scalars: dict, per_tensor: list[str]) -> tuple:
@@ -192,19 +209,25 @@ class FusedLane:
         raises :class:`~.cpu_kernel.KernelUnavailable` when one cannot be had."""
         algo, group, force_triton = self.algo, self.group, self.plan.force_triton
         scalars = algo.scalars(group, context)
-        per_tensor = list(algo.step_scalars(group, 1)) if algo.step_scalars else []
+        per_tensor = ["numel", *(algo.step_scalars(group, 1) if algo.step_scalars else ())]
         buckets = {(p.device, p.dtype): p for p in self.plan.params}
         for item in algo.program:
-            if isinstance(item, PerTensor) and item.when(group):
-                per_tensor += item.outputs
-            elif isinstance(item, Pass) and item.when(group):
-                fn, reads, written, values, names = self._pass(item, context, scalars, per_tensor)
-                for (_, dtype), p in buckets.items():
-                    try:
-                        _, program = _kernel(fn, reads, written, values, tuple(names), dtype, fused.kernel_kind(p, force_triton))
-                    except NotTraceable as exc:
-                        raise cpu_kernel.KernelUnavailable(f"a stage uses an operation the tracer does not model: {exc}") from None
-                    per_tensor += [k for k in program.reductions if k not in per_tensor]
+            if not isinstance(item, Pass) or not item.when(group):
+                per_tensor += item.outputs if isinstance(item, PerTensor) and item.when(group) else \
+                    item.values if isinstance(item, MatrixStage) and item.when(group) else ()
+                continue
+            fn, reads, written, values, names = self._pass(item, context, scalars, per_tensor)
+            for (_, dtype), p in buckets.items():
+                try:
+                    _, program = _kernel(fn, reads, written, values, tuple(names), dtype,
+                                         fused.kernel_kind(p, force_triton))
+                except NotTraceable as exc:
+                    raise cpu_kernel.KernelUnavailable(
+                        f"a stage uses an operation the tracer does not model: {exc}") from None
+                if any(program.nodes[node][0] != "in" for node, _ in program.along.values()):
+                    raise cpu_kernel.KernelUnavailable(
+                        "a per-row or per-column reduction of a computed expression has no kernel")
+                per_tensor += [k for k in program.reductions if k not in per_tensor]
 
     def begin(self) -> None:
         """Bump the ``step`` counters (one operation) and make the per-tensor step scalars."""
@@ -216,22 +239,51 @@ class FusedLane:
             steps = plan.counters.values("step")
             by_step = {t: algo.step_scalars(self.group, t) for t in set(steps)}
             for k in by_step[steps[0]]:
-                self.values[k] = torch.tensor([by_step[t][k] for t in steps], dtype=torch.float64)
+                self.values[k] = torch.tensor([by_step[t][k] for t in steps], dtype=torch.float64, device=self.device)
+
+    def _run_pass(self, item: Pass, context: dict, scalars: dict) -> None:
+        fn, reads, written, values, names = self._pass(item, context, scalars, list(self.values))
+        first = self.plan.params[0]
+        _, program = _kernel(fn, reads, written, values, tuple(names), first.dtype,
+                             fused.kernel_kind(first, self.plan.force_triton))
+        for n in names_of(item.makes, self.group):
+            self.tensors[n] = [torch.empty_like(p) for p in self.plan.params]
+        operands = {n: self._operand(n) for n in reads}
+        for name, (node, dim) in program.along.items():  # from an operand, before the kernel may write it
+            source = operands[program.inputs[program.nodes[node][1]]]
+            self.tensors[name] = [torch.linalg.vector_norm(t, dim=dim, keepdim=True) for t in source]
+        sums = run_pass(fn, operands, written, values, {k: self.values[k] for k in names}, self.plan.force_triton,
+                        self.plan.passes, norms=True, fresh=tuple(self.tensors))
+        self.values.update(sums)
+
+    def _run_matrix(self, item: MatrixStage, scalars: dict) -> None:
+        reads, made = names_of(item.reads, self.group), names_of(item.makes, self.group)
+        columns = {n: self._operand(n) for n in reads}
+        wanted = arguments(item.fn, {**scalars, **self.values, **self.tensors})
+        numbers = {k: self.values[k].tolist() for k in wanted if k in self.values}
+        tensors = {k: self.tensors[k] for k in wanted if k in self.tensors and k not in reads}
+        fixed = {k: v for k, v in wanted.items() if k not in numbers and k not in tensors and k not in reads}
+        results = [item.fn(**{n: c[i] for n, c in columns.items()}, **fixed, **{k: v[i] for k, v in numbers.items()},
+                           **{k: v[i] for k, v in tensors.items()}) for i in range(len(self.plan.params))]
+        self.tensors.update({n: [r[n].contiguous() for r in results] for n in made})  # the kernels read them flat
+        self.values.update({n: torch.tensor([float(r[n]) for r in results], dtype=torch.float64, device=self.device)
+                            for n in item.values})
 
     def run(self, items: list, context: dict) -> dict[str, list[torch.Tensor]]:
-        """Run ``items`` (passes and per-tensor arithmetic); returns every per-tensor value."""
+        """Run ``items``; returns every per-tensor value (temporaries dropped)."""
         scalars = self.algo.scalars(self.group, context)
         for item in items:
             if not item.when(self.group):
                 continue
             if isinstance(item, PerTensor):
                 self.values.update(item.fn(**arguments(item.fn, {**self.values, **scalars})))
-                continue
-            fn, reads, written, values, names = self._pass(item, context, scalars, list(self.values))
-            sums = run_pass(fn, {n: self._operand(n) for n in reads}, written, values,
-                            {k: self.values[k] for k in names}, self.plan.force_triton, self.plan.passes, norms=True)
-            self.values.update(sums)
-        return {k: [v] for k, v in self.values.items()}
+            elif isinstance(item, MatrixStage):
+                self._run_matrix(item, scalars)
+            else:
+                self._run_pass(item, context, scalars)
+        for n in made_names(items, self.group):
+            self.tensors.pop(n, None)
+        return {**{k: [v] for k, v in self.values.items()}, **self.tensors}
 
     def end(self) -> None:
         """Bump Python-int ``step`` counters (Prodigy's) once the step is done."""

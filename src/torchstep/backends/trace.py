@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..core.stages import Summed
+from ..core.stages import Along, Summed
 
 __all__ = ["NotTraceable", "Program", "Summed", "Sym", "trace"]
 
@@ -46,10 +46,11 @@ class Program:
     per_tensor: list[str] = field(default_factory=list)
     reductions: dict[str, int] = field(default_factory=dict)  # name -> node whose square is summed per tensor
     summed: list[str] = field(default_factory=list)  # reductions summed as they are, not squared
+    along: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (node, dim): norms along a dim, not kernel work
 
     def key(self) -> tuple:
         return (tuple(self.inputs), tuple(self.scalars), tuple(self.nodes), tuple(sorted(self.outputs.items())),
-                tuple(self.per_tensor), tuple(self.reductions.items()), tuple(self.summed))
+                tuple(self.per_tensor), tuple(self.reductions.items()), tuple(self.summed), tuple(self.along.items()))
 
     def squared(self) -> list[bool]:
         """For each reduction, in order: is its square summed (else its value)?"""
@@ -164,6 +165,7 @@ class Sym:
     def div(self, o): return self._new("div", o)
     def neg(self): return self._new("neg")
     def sqrt(self): return self._new("sqrt")
+    def rsqrt(self): return _lift(self, 1.0)._new("div", self._new("sqrt"))  # torch's CPU kernels: 1 / sqrt
     def abs(self): return self._new("abs")
     def sign(self): return self._new("sign")
     def square(self): return self._new("mul", self)
@@ -195,6 +197,7 @@ class Sym:
     def div_(self, o): return self._set(self.div(o))
     def neg_(self): return self._set(self.neg())
     def sqrt_(self): return self._set(self.sqrt())
+    def rsqrt_(self): return self._set(self.rsqrt())
     def addcmul_(self, a, b, *, value=1): return self._set(self.addcmul(a, b, value=value))
     def addcdiv_(self, a, b, *, value=1): return self._set(self.addcdiv(a, b, value=value))
     def lerp_(self, end, weight): return self._set(self.lerp(end, weight))
@@ -264,7 +267,8 @@ def trace(fn: Callable[..., Any], inputs: list[str], written: list[str], scalars
     final value must be stored; ``scalars`` maps a name to its value: numbers become runtime
     arguments, booleans/None/strings stay concrete; ``per_tensor`` names further scalars whose
     value differs from tensor to tensor. A ``{name: expression}`` returned by ``fn`` becomes the
-    program's reductions (per-tensor sums of squares; plain sums for :class:`Summed` values).
+    program's reductions (per-tensor sums of squares; plain sums for :class:`Summed` values);
+    :class:`~torchstep.core.stages.Along` ones are only recorded (``along``), for the caller.
     """
     numeric = [k for k, v in scalars.items() if isinstance(v, (int, float, torch.Tensor)) and not isinstance(v, bool)]
     tracer = _Tracer(inputs, numeric)
@@ -274,6 +278,8 @@ def trace(fn: Callable[..., Any], inputs: list[str], written: list[str], scalars
     args.update({k: Sym(tracer, tracer.node("tin", i), False) for i, k in enumerate(per_tensor)})
     reduced = fn(**element, **args) or {}
     tracer.program.outputs = {n: element[n].node for n in written if element[n].node != tracer.node("in", inputs.index(n))}
+    tracer.program.along = {k: (_ref(tracer, v.value), v.dim) for k, v in reduced.items() if isinstance(v, Along)}
+    reduced = {k: v for k, v in reduced.items() if not isinstance(v, Along)}
     tracer.program.reductions = {k: _ref(tracer, v.value if isinstance(v, Summed) else v) for k, v in reduced.items()}
     tracer.program.summed = [k for k, v in reduced.items() if isinstance(v, Summed)]
     return tracer.program

@@ -6,9 +6,17 @@ A :class:`Staged` algorithm's step is its ``program``, a sequence of
 * :class:`Pass` -- an element-wise function run over every tensor. It is called with keyword
   arguments: its operands (``reads``: ``"p"``; ``"g"``, the gradient after the shared wrappers of
   :mod:`.wrappers`; ``"grad"``, the gradient as stored; state names), the uniform scalars of the
-  group and the per-tensor values it names. It updates the operands named in ``writes`` in place
-  and may return ``{name: expression}``: per-tensor reductions -- the L2 norm of a bare
-  expression, the plain sum of one wrapped in :class:`Summed` (a dot product, an L1 norm).
+  group and the per-tensor values it names (``numel``, the element count, is always one). It
+  updates the operands named in ``writes`` in place and may return ``{name: expression}``: per-tensor reductions -- the L2 norm of a bare
+  expression, the plain sum of one wrapped in :class:`Summed` (a dot product, an L1 norm), the
+  L2 norms along one of the last two dimensions of one wrapped in :class:`Along` (a tensor per
+  parameter: one norm per row, or per column, of each matrix -- Adafactor's factored statistics).
+  ``makes`` names temporaries the pass fills: parameter-shaped tensors of the parameter's dtype,
+  created empty for it, that later items of the same segment read as operands.
+* :class:`MatrixStage` -- a per-tensor function run with torch operations on real tensors (a
+  matrix function: Newton--Schulz; row and column factors). It reads operands (not ``"g"``) and
+  per-tensor values and returns ``{name: value}``: parameter-shaped temporaries (``makes``) later
+  passes read as operands, and per-tensor numbers (``values``).
 * :class:`PerTensor` -- ``fn(**values, **scalars) -> {name: value}``: arithmetic on one value per
   tensor (norms in, a trust ratio out). Written with element-wise tensor operations, it serves
   one tensor's 0-d values and a vector of many tensors' values alike.
@@ -26,7 +34,17 @@ function receives only the names its signature lists.
 Backends interpret this; none re-types the math. The reference backend runs every item tensor by
 tensor (norms with ``torch.linalg.vector_norm`` in the tensor's dtype, sums accumulated in
 float64); the fused backend runs each pass as one kernel per bucket of tensors, accumulating
-reductions per chunk in float64, and each :class:`PerTensor` on vectors.
+reductions per chunk in float64, and each :class:`PerTensor` on vectors. A :class:`MatrixStage`
+runs tensor by tensor with torch operations in both, and so does an :class:`Along` reduction
+(``torch.linalg.vector_norm`` along the dimension): the fused backend takes it, before the pass's
+kernel, from the operand it names -- a per-row or per-column reduction of a computed expression
+has no kernel (strided per-row sums would need their own code generator), so such a pass falls
+back to the reference backend.
+
+A group's tensors may need different programs (Adafactor factors matrices, not vectors):
+``split(group, params)`` returns ``[(extras, params), ...]``; each part runs as if its group were
+``{**group, **extras}`` (its own lanes and plans), so ``state_names``, ``when`` and ``scalars``
+can read the extras.
 """
 
 from __future__ import annotations
@@ -40,6 +58,15 @@ import torch
 
 Names = tuple[str, ...]
 GRADIENTS = ("g", "grad")
+
+
+@dataclass
+class Along:
+    """A reduced expression whose L2 norms along ``dim`` (-1: one per row, -2: one per column of
+    the last two dimensions) are wanted, keeping that dimension with size 1."""
+
+    value: Any
+    dim: int
 
 
 @dataclass
@@ -62,11 +89,25 @@ def names_of(names: Names | Callable[[dict], Names], group: dict) -> Names:
 @dataclass(frozen=True)
 class Pass:
     """An element-wise stage (see the module docstring). A pass reading ``"g"`` also reads
-    ``"p"``: decoupled weight decay, applied with the gradient, writes it."""
+    ``"p"``: decoupled weight decay, applied with the gradient in the first pass of the program
+    that reads it (once per step; later ones get ``g`` without it), writes it."""
 
     fn: Callable[..., Any]
     reads: Names | Callable[[dict], Names]
     writes: Names | Callable[[dict], Names] = ()
+    when: Callable[[dict], bool] = _always
+    makes: Names | Callable[[dict], Names] = ()
+
+
+@dataclass(frozen=True)
+class MatrixStage:
+    """A per-tensor function with torch operations between passes (see the module docstring):
+    ``makes`` names the parameter-shaped tensors it returns, ``values`` its per-tensor numbers."""
+
+    fn: Callable[..., dict]
+    reads: Names | Callable[[dict], Names]
+    makes: Names | Callable[[dict], Names] = ()
+    values: Names = ()
     when: Callable[[dict], bool] = _always
 
 
@@ -84,6 +125,13 @@ class Across:
     """A computation over every tensor's reductions, between passes (see the module docstring)."""
 
     fn: Callable[[Any, dict, list], dict | None]
+
+
+def first_reading_g(program: tuple, group: dict) -> Any:
+    """The first item of ``program`` that runs for ``group`` and reads ``"g"`` (it applies the
+    decoupled weight decay), or None."""
+    return next((item for item in program
+                 if isinstance(item, Pass) and item.when(group) and "g" in names_of(item.reads, group)), None)
 
 
 def group_wrappers(group: dict, context: dict) -> dict:
@@ -104,7 +152,9 @@ class Staged:
     wrappers apply to ``"g"`` -- decay that is part of the algorithm's own math is left out of
     them; ``takes(group)``: whether the group steps at all; ``fusable(group)`` and
     ``fusable_state(p, state, group)``: what the fused backend may take; ``state_shape(p, name,
-    group)``: the shape a state tensor must have (the parameter's unless said otherwise)."""
+    group)``: the shape a state tensor must have (the parameter's unless said otherwise);
+    ``split``: see the module docstring; ``check(p)``: raises for a parameter the algorithm
+    refuses, called for every parameter with a gradient before anything moves."""
 
     name: str
     state_names: Callable[[dict], Names]
@@ -119,6 +169,8 @@ class Staged:
     fusable: Callable[[dict], bool] = _always
     fusable_state: Callable[[torch.Tensor, dict, dict], bool] = lambda p, state, group: True
     state_shape: Callable[[torch.Tensor, str, dict], tuple] = lambda p, name, group: tuple(p.shape)
+    split: Callable[[dict, list], list[tuple[dict, list]]] | None = None
+    check: Callable[[torch.Tensor], None] | None = None
 
     def segments(self) -> list[tuple[list, Across | None]]:
         """The program cut at its :class:`Across` items: (items, the Across ending them or None)."""
@@ -139,6 +191,14 @@ def _accepted(fn: Callable) -> frozenset[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     return frozenset(p.name for p in params)
+
+
+def parts(algo: Staged, group: dict, params: list) -> list[tuple[dict, tuple, list]]:
+    """``group``'s parameters as :attr:`Staged.split` divides them: (the group as that part sees
+    it, a key naming the part -- () for an undivided group -- , its parameters)."""
+    if algo.split is None:
+        return [(group, (), params)]
+    return [({**group, **extras}, tuple(sorted(extras.items())), ps) for extras, ps in algo.split(group, params) if ps]
 
 
 def arguments(fn: Callable, available: dict) -> dict:
