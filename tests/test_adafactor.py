@@ -1,12 +1,14 @@
 """Adafactor against torch.optim.Adafactor 2.13: parity over its options (two groups, float32 and
 float64, 25 steps, params and every state tensor), state_dict interchange both ways, errors."""
 
+import contextlib
 import itertools
 
 import pytest
 import torch
 
 import torchstep.optim as ts_optim
+from torchstep.backends import use
 from registry import TOLERANCE as TOL
 from helpers import (assert_same_trajectory, assert_signature_matches, assert_unsupported_tensor_rejected, interchange,
                      run_pair, set_grads, through_disk)
@@ -129,3 +131,22 @@ def test_eps_of_wrong_length():
 @pytest.mark.parametrize("kind", ["complex", "sparse"])
 def test_unsupported_tensors_rejected_at_step(kind):
     assert_unsupported_tensor_rejected("Adafactor", kind)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("lr_dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(7,), (3, 5)])
+def test_tensor_lr_keeps_its_precision(lr_dtype, shape, backend):
+    """A float64 tensor ``lr`` caps rho_t in float64 (torch's arithmetic in the tensor's dtype):
+    the step size must not pass through float32 on the way (found by the differential fuzzer)."""
+    results = []
+    for module in (torch.optim, ts_optim):
+        gen = torch.Generator().manual_seed(0)
+        p = torch.randn(shape, dtype=torch.float64, generator=gen).requires_grad_()
+        opt = module.Adafactor([{"params": [p], "beta2_decay": -0.5}], lr=torch.tensor(0.02, dtype=lr_dtype), foreach=False)
+        for _ in range(3):
+            p.grad = torch.randn(shape, dtype=torch.float64, generator=gen)
+            with use(backend) if module is ts_optim else contextlib.nullcontext():
+                opt.step()
+        results.append(p.detach())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-15, atol=0)

@@ -109,7 +109,7 @@ def adafactor_scale(weight, update, numel, *, rho, lr_rounds, lr_dtype, eps2, d)
     clip = torch.where(update_rms > 1.0, update_rms, 1.0)
     step_size = -(larger * rho) / clip
     if lr_dtype is not None:
-        rounded = (-(larger.to(lr_dtype) * torch.as_tensor(rho).to(lr_dtype)) / clip.to(lr_dtype)).double()
+        rounded = (-(larger.to(lr_dtype) * torch.as_tensor(rho, dtype=torch.float64).to(lr_dtype)) / clip.to(lr_dtype)).double()
         step_size = torch.where(torch.as_tensor(lr_rounds) != 0, rounded, step_size)
     return {"step_size": step_size}
 
