@@ -181,12 +181,11 @@ def _fused_step_fake(params, grads, states, steps, fresh, hypers, numbers, progr
 
 
 def _fusable(opt: Any, group: dict) -> bool:
-    """Whether the group may take the op at all (the eager path's choices, grad mode aside)."""
-    if dispatch._forced.get() in ("reference", "triton") or group.get("cautious", False):
+    """Whether the group may take the op at all: the eager path's choice (grad mode aside), and
+    neither Triton forced nor a cautious group."""
+    if dispatch._forced.get() == "triton" or group.get("cautious", False):
         return False
-    if group.get("fused") is False or group.get("foreach") is False or group.get("differentiable", False):
-        return False
-    return not dispatch._has_non_scalar_tensor(group, opt.defaults) and cpu_kernel.compiler() is not None
+    return dispatch._choose_path(opt, group, grad_mode_matters=False)[0]
 
 
 def _fresh_flags(opt: Any, group: dict, params: list, created: list[bool]) -> torch.Tensor:
@@ -244,8 +243,7 @@ def prepare(opt: Any, group: dict, params: list, grads: list, states: list, step
     options, tensor_keys, number_keys = _split_options(group)
     prog = StepProgram(algo, names, options, tensor_keys, number_keys, fused.kernel_kind(p0), p0.dtype)
     try:
-        if not all(plan_mod.is_plain(opt.state[p][n]) and opt.state[p][n].is_contiguous()
-                   and opt.state[p][n].dtype == p.dtype for p in with_grad for n in names):
+        if not all(plan_mod.state_fits(p, opt.state[p], names) for p in with_grad):
             raise cpu_kernel.KernelUnavailable("state tensors the kernel cannot take")
         if plan_mod.overlapping([with_grad] + [[opt.state[p][n] for p in with_grad] for n in names]):
             raise cpu_kernel.KernelUnavailable("tensors sharing memory")

@@ -71,15 +71,16 @@ def _has_non_scalar_tensor(group: dict, options: dict) -> bool:
     return False
 
 
-def _choose_path(opt: Any, group: dict) -> tuple[bool, str | None]:
-    """(take the fused path?, the reason to warn about when not)."""
+def _choose_path(opt: Any, group: dict, grad_mode_matters: bool = True) -> tuple[bool, str | None]:
+    """(take the fused path?, the reason to warn about when not). ``grad_mode_matters=False``:
+    the choice apart from autograd's current mode (the compiled step decides while tracing)."""
     if _forced.get() == "reference":
         return False, None
     if group.get("fused") is False or group.get("foreach") is False:
         return False, None
     if group.get("differentiable", False):
         return False, "differentiable=True needs autograd to record the update"
-    if torch.is_grad_enabled():
+    if grad_mode_matters and torch.is_grad_enabled():
         # a group with differentiable=False in an optimizer whose defaults say True: the step
         # runs with autograd on, as torch's does, so the in-place update of a leaf that requires
         # grad fails there as in torch

@@ -224,8 +224,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         before = set(state)
         first = ensure_state(algo, p, group, state, all_names)
         made = [k for k in state if k not in before]
-        if not all(plan_mod.is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype
-                   and state[n].device == p.device for n in names):
+        if not plan_mod.state_fits(p, state, names):
             _forget(opt, p, made)
             leftover.append(p)
             continue

@@ -38,6 +38,13 @@ def is_plain(t: Any) -> bool:
     return type(t) in _PLAIN_TYPES and t.layout == torch.strided
 
 
+def state_fits(p: torch.Tensor, state: dict, names: tuple[str, ...]) -> bool:
+    """Whether every named state tensor of ``p`` is one a kernel may take beside it: plain,
+    contiguous, of ``p``'s dtype and on its device."""
+    return all(is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype
+               and state[n].device == p.device for n in names)
+
+
 def check_state_shape(index: int, p: torch.Tensor, name: str, value: Any, shape: tuple | None = None) -> None:
     """Raise when a parameter-shaped state tensor does not have its parameter's shape (or
     ``shape``, for state laid out otherwise, e.g. flattened)."""

@@ -26,7 +26,7 @@ from ..core import wrappers
 from ..core.stages import GRADIENTS, MatrixStage, Pass, PerTensor, Staged, arguments, first_reading_g, names_of
 from . import cpu_kernel, fused, triton_kernel
 from .memo import FunctionCache, scalar_structure
-from .plan import Plan, check_state_shape, is_plain, overlapping
+from .plan import Plan, check_state_shape, overlapping, state_fits
 from .reference_stages import made_names
 from .trace import NotTraceable, trace
 
@@ -123,9 +123,8 @@ def build_plan(opt: Any, algo: Staged, group: dict, with_grad: list[torch.Tensor
             continue
         for n in names:
             check_state_shape(fused.param_index(opt, p), p, n, state[n], algo.state_shape(p, n, group))
-        ok = occurrences[id(p)] == 1 and p.numel() > 0 and fused.can_fuse(p, p.grad, force_triton) and all(
-            is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype and state[n].device == p.device
-            for n in names)
+        ok = (occurrences[id(p)] == 1 and p.numel() > 0 and fused.can_fuse(p, p.grad, force_triton)
+              and state_fits(p, state, names))
         (params if ok else leftover).append(p)
     shared = overlapping([params] + [[opt.state[p][n] for p in params] for n in names])
     if shared:
