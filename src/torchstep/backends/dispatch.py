@@ -28,6 +28,7 @@ from . import cautious, cpu_kernel, fused, reference, staged
 from . import plan as plan_mod
 
 _BACKENDS = ("auto", "fused", "reference", "triton")
+_REPEATABLE = ("auto", "fused")  # where a group's fused step may be repeated (see .repeat)
 _forced: contextvars.ContextVar[str] = contextvars.ContextVar(
     "torchstep_backend", default=os.environ.get("TORCHSTEP_BACKEND", "auto"))
 
@@ -118,6 +119,12 @@ def run_group_on_backend(opt: Any, group: dict, grad_scale: Any = None, plans_of
     ``plans_of``: the parameter group whose fused plans to use, when ``group`` is a per-step
     view of it (a dict made afresh each step would otherwise start a new plan every step)."""
     owner = group if plans_of is None else plans_of
+    if grad_scale is None and group is owner and _forced.get() in _REPEATABLE:
+        entry = opt.__dict__.get("_fused_plans", {}).get(id(group))
+        if entry is not None and entry[0] is group:
+            repeat = entry[1].get("repeat")
+            if repeat is not None and repeat.run(group):
+                return
     run = functools.partial(_run_fused_then_reference, owner=owner)
     if group.get("cautious", False):
         cautious.run_cautiously(opt, group, grad_scale, run)
@@ -152,8 +159,9 @@ def _fused_or_fallback(opt: Any, group: dict, owner: dict, run_fused: Any) -> li
 
 def _run_fused_then_reference(opt: Any, group: dict, grad_scale: Any = None, *, owner: dict) -> None:
     """The fused kernels over what they can take, the reference path over the rest."""
-    leftover = _fused_or_fallback(
-        opt, group, owner, lambda cache, force_triton: fused.run_fused_kernels(opt, group, cache, grad_scale, force_triton=force_triton))
+    repeatable = group is owner and grad_scale is None and _forced.get() in _REPEATABLE
+    leftover = _fused_or_fallback(opt, group, owner, lambda cache, force_triton: fused.run_fused_kernels(
+        opt, group, cache, grad_scale, force_triton=force_triton, repeatable=repeatable))
     if leftover is None:
         leftover = [p for p in group["params"] if p.grad is not None]
     _unscale(leftover, grad_scale)

@@ -31,6 +31,7 @@ from . import cpu_kernel, triton_kernel
 from . import plan as plan_mod
 from .memo import FunctionCache, scalar_structure
 from .plan import Bucket, Plan, grad_table, pointer_table
+from .repeat import Repeat
 from .trace import NotTraceable, trace
 
 # update function -> {(kernel kind, state names, dtype, wrapper flags, scalar structure): (kernel, program)}
@@ -263,15 +264,17 @@ def _roll_back(opt: Any, plan: Plan, members: list[int]) -> None:
 
 
 def run_fused_kernels(opt: Any, group: dict, cache: dict, grad_scale=None,
-                      force_triton: bool = False) -> tuple[list[torch.Tensor], list[str]]:
+                      force_triton: bool = False, repeatable: bool = False) -> tuple[list[torch.Tensor], list[str]]:
     """Fused step of ``group``: returns the parameters left for the reference backend, and the
     reasons (to warn about) why a kernel could not be had for some. ``cache`` keeps this group's
-    :class:`Plan` between steps.
+    :class:`Plan` between steps, and -- where ``repeatable`` (``group`` is the optimizer's own
+    group, no GradScaler) and the step's shape allows -- a :class:`~.repeat.Repeat` of it.
 
     Transactional: every kernel is obtained (traced, compiled, loaded) before any counter or
     tensor changes; parameters whose kernel cannot be had go to the reference backend untouched,
     with any state this step created removed again, so they see exactly one step."""
     algo = opt.algorithm
+    cache.pop("repeat", None)
     names = algo.elementwise_names(group)
     every = group["params"]
     all_grads = list(map(plan_mod.grad_of, every))
@@ -317,6 +320,12 @@ def run_fused_kernels(opt: Any, group: dict, cache: dict, grad_scale=None,
         plan.counters.bump("step", None if not failed else [i for w in work for i in w.members])
     for item in work:
         _launch(opt, plan, item)
+    if repeatable and not failed and not force_triton and len(work) == 1 and work[0].subset is None \
+            and Repeat.allowed(algo, group, plan):
+        item = work[0]
+        cache["repeat"] = Repeat(algo, group, plan, item.bucket, item.runner, item.program,
+                                 scalar_structure(item.scalars),
+                                 functools.partial(whole_bucket_launch, plan, item.bucket, item.runner))
     return leftover, reasons
 
 
@@ -374,14 +383,20 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
     if subset is None:  # the whole bucket: its launch is kept while the gradients stay where they were
         launch = bucket.launch
         if launch is None or launch.grad_ptrs is not plan.grad_ptrs:
-            tables = [bucket.tables[0], grad_table(plan.grad_ptrs, members), *bucket.tables[1:]]
-            launch = bucket.launch = Launch(tables, bucket.sizes, device, _chunk_of(item.runner))
-            launch.grad_ptrs = plan.grad_ptrs
+            launch = whole_bucket_launch(plan, bucket, item.runner)
     else:
         pick = torch.tensor(subset, dtype=torch.int64)
         tables = [bucket.tables[0][pick], grad_table(plan.grad_ptrs, members), *(t[pick] for t in bucket.tables[1:])]
         launch = Launch(tables, tuple(bucket.sizes[j] for j in subset), device, _chunk_of(item.runner))
     item.runner.run_prepared(launch, uniform)
+
+
+def whole_bucket_launch(plan: Plan, bucket: Bucket, runner: Any) -> Launch:
+    """The launch of a whole bucket with this step's gradients; kept as ``bucket.launch``."""
+    tables = [bucket.tables[0], grad_table(plan.grad_ptrs, bucket.members), *bucket.tables[1:]]
+    launch = bucket.launch = Launch(tables, bucket.sizes, plan.params[bucket.members[0]].device, _chunk_of(runner))
+    launch.grad_ptrs = plan.grad_ptrs
+    return launch
 
 
 def _chunk_of(runner: Any) -> int:

@@ -8,6 +8,7 @@ base class offers is implemented here; nothing of torch's base implementation ru
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections import OrderedDict, defaultdict
@@ -22,6 +23,9 @@ from torch.utils.hooks import RemovableHandle
 from . import check, runner
 from .algorithm import Algorithm
 from .state import new_step_tensor
+
+# whether a profiler records (a C function; present in every torch this package supports)
+_profiler_enabled = torch._C._autograd._profiler_enabled
 
 # torch's sentinel for "this option has no default"; shared so custom optimizers written for
 # torch.optim keep working when they switch base class.
@@ -42,7 +46,13 @@ def _hooked(step: Callable) -> Callable:
 
     @functools.wraps(step)
     def hooked_step(self, *args, **kwargs):
-        with torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step"):
+        # the profiler's range, as torch marks a step; opened only while a profiler records (a
+        # range costs two operator calls, half the step of a small model), and always while
+        # torch.compile traces the step (which keeps the range in the graph)
+        recording = torch.compiler.is_compiling() or _profiler_enabled()
+        scope = torch.autograd.profiler.record_function(f"Optimizer.step#{type(self).__name__}.step") \
+            if recording else contextlib.nullcontext()
+        with scope:
             for hook in chain(
                 _torch_optimizer._global_optimizer_pre_hooks.values(),
                 self._optimizer_step_pre_hooks.values(),
