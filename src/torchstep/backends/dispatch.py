@@ -107,7 +107,10 @@ def _warn_leftover(opt: Any, leftover: list[torch.Tensor], force_triton: bool) -
     for p in leftover:
         if p.grad is None or p.grad.is_sparse:
             continue
-        if not plan_mod.is_plain(p):
+        if type(p) is plan_mod.DTensor and plan_mod.is_plain(plan_mod.shard_of(p)):
+            _warn_once(opt, "DTensor parameters take the reference path here: the gradient or state is laid out "
+                            "unlike the parameter (e.g. a Partial gradient), or the algorithm needs whole-tensor reductions")
+        elif not plan_mod.is_plain(p):
             _warn_once(opt, f"{type(p).__name__} parameters have no fused kernel")
         elif not fused.can_fuse_device_dtype(p, force_triton):
             _warn_once(opt, f"no fused kernel for {p.device.type} {p.dtype} tensors")

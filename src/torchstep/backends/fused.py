@@ -171,10 +171,16 @@ def can_fuse_device_dtype(p: torch.Tensor, force_triton: bool = False) -> bool:
     return kernel_kind(p, force_triton) is not None
 
 
-def can_fuse(p: torch.Tensor, g: torch.Tensor, force_triton: bool = False) -> bool:
-    """Whether the kernel may take this parameter and gradient: plain dense tensors (no DTensor or
-    other subclass: their data pointer is not the whole story), a kernel for the device and dtype,
-    matching gradient, contiguous."""
+def can_fuse(p: torch.Tensor, g: torch.Tensor, force_triton: bool = False, shards: bool = False) -> bool:
+    """Whether the kernel may take this parameter and gradient: plain dense tensors (no tensor
+    subclass: its data pointer is not the whole story), a kernel for the device and dtype,
+    matching gradient, contiguous. ``shards``: DTensors too (element-wise algorithms), when the
+    gradient is laid out as the parameter (:func:`~.plan.same_layout`) and their shards, real,
+    qualify as plain tensors would."""
+    if shards and type(p) is plan_mod.DTensor:
+        if not plan_mod.same_layout(p, g) or p.is_complex():
+            return False
+        p, g = plan_mod.shard_of(p), plan_mod.shard_of(g)
     return (
         plan_mod.is_plain(p)
         and plan_mod.is_plain(g)
@@ -214,7 +220,8 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
     occurrences = collections.Counter(map(id, with_grad))
     params, leftover, states, firsts, created = [], [], [], [], []
     for p in with_grad:
-        if occurrences[id(p)] > 1 or p.numel() == 0 or not can_fuse(p, p.grad, force_triton):
+        if (occurrences[id(p)] > 1 or plan_mod.shard_of(p).numel() == 0
+                or not can_fuse(p, p.grad, force_triton, shards=True)):
             leftover.append(p)
             continue
         state = opt.state.get(p, {})
@@ -233,7 +240,8 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         states.append(state)
         firsts.append(first)
         created.append(made)
-    shared = plan_mod.overlapping([params] + [[s[n] for s in states] for n in names])
+    shard = plan_mod.shard_of
+    shared = plan_mod.overlapping([list(map(shard, params))] + [[shard(s[n]) for s in states] for n in names])
     if shared:
         for i in sorted(shared):
             _forget(opt, params[i], created[i])
@@ -242,16 +250,18 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         params, states, firsts, created = ([xs[i] for i in keep] for xs in (params, states, firsts, created))
     counted = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
     plan = Plan(with_grad, params, leftover, states, names=names, counted=counted, firsts=firsts, created=created,
-                force_triton=force_triton)
+                force_triton=force_triton, sharded=any(type(p) is plan_mod.DTensor for p in params))
     if params and counted:
         plan.counters.attach(counted, params, states)
     by_kind: dict[tuple, list[int]] = {}
-    for i, p in enumerate(params):
-        by_kind.setdefault((kernel_kind(p, force_triton), wrappers.as_real(p).dtype), []).append(i)
-    for (kind, dtype), members in by_kind.items():
-        tables = [pointer_table([wrappers.as_real(params[i]) for i in members])]
-        tables += [pointer_table([wrappers.as_real(states[i][n]) for i in members]) for n in names]
-        sizes = tuple(wrappers.as_real(params[i]).numel() for i in members)
+    shard, real = plan_mod.shard_of, wrappers.as_real
+    for i, p in enumerate(params):  # DTensors of different meshes or placements never share a call
+        p = shard(p)
+        by_kind.setdefault((kernel_kind(p, force_triton), real(p).dtype, plan_mod.layout_key(params[i])), []).append(i)
+    for (kind, dtype, _), members in by_kind.items():
+        tables = [pointer_table([real(shard(params[i])) for i in members])]
+        tables += [pointer_table([real(shard(states[i][n])) for i in members]) for n in names]
+        sizes = tuple(real(shard(params[i])).numel() for i in members)
         plan.buckets.append(Bucket(kind, dtype, members, sizes, tables))
     plan.seal()
     return plan
@@ -379,7 +389,7 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
                 plan.counters.broadcast(n, members, lead[n])
     values = {**scalars, **item.values}
     uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.squeeze_scalar(values[k]) for k in item.program.scalars])
-    device = plan.params[members[0]].device
+    device = plan_mod.shard_of(plan.params[members[0]]).device
     if subset is None:  # the whole bucket: its launch is kept while the gradients stay where they were
         launch = bucket.launch
         if launch is None or launch.grad_ptrs is not plan.grad_ptrs:
@@ -394,7 +404,8 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
 def whole_bucket_launch(plan: Plan, bucket: Bucket, runner: Any) -> Launch:
     """The launch of a whole bucket with this step's gradients; kept as ``bucket.launch``."""
     tables = [bucket.tables[0], grad_table(plan.grad_ptrs, bucket.members), *bucket.tables[1:]]
-    launch = bucket.launch = Launch(tables, bucket.sizes, plan.params[bucket.members[0]].device, _chunk_of(runner))
+    device = plan_mod.shard_of(plan.params[bucket.members[0]]).device
+    launch = bucket.launch = Launch(tables, bucket.sizes, device, _chunk_of(runner))
     launch.grad_ptrs = plan.grad_ptrs
     return launch
 

@@ -24,6 +24,11 @@ from typing import Any
 
 import torch
 
+if torch.distributed.is_available():
+    from torch.distributed.tensor import DTensor, Partial
+else:  # a torch built without distributed support has no DTensor
+    DTensor = Partial = None
+
 _T = torch.Tensor
 _dtype_of = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
@@ -38,11 +43,39 @@ def is_plain(t: Any) -> bool:
     return type(t) in _PLAIN_TYPES and t.layout == torch.strided
 
 
+def shard_of(t: Any) -> Any:
+    """The plain tensor a kernel works on for ``t``: ``t`` itself, or a DTensor's local shard
+    (element-wise math on the shards of a parameter, its gradient and its state, all laid out
+    alike, is the math on the whole tensor)."""
+    return t._local_tensor if type(t) is DTensor else t
+
+
+def same_layout(a: Any, b: Any) -> bool:
+    """Whether ``b`` is laid out over devices as ``a`` is: both plain, or both DTensors on one
+    mesh with the same placements, none of them Partial (a partial value is no element-wise
+    operand until it is reduced)."""
+    if type(a) is not DTensor or type(b) is not DTensor:
+        return type(a) is not DTensor and type(b) is not DTensor
+    sa, sb = a._spec, b._spec
+    return ((sa.mesh is sb.mesh or sa.mesh == sb.mesh) and sa.placements == sb.placements
+            and not any(isinstance(x, Partial) for x in sa.placements))
+
+
+def layout_key(t: Any) -> Any:
+    """What kernel calls are bucketed by besides dtype and kernel: the mesh and placements of a
+    DTensor (tensors of different meshes or placements never share a call), None for plain ones."""
+    return (id(t._spec.mesh), t._spec.placements) if type(t) is DTensor else None
+
+
 def state_fits(p: torch.Tensor, state: dict, names: tuple[str, ...]) -> bool:
-    """Whether every named state tensor of ``p`` is one a kernel may take beside it: plain,
-    contiguous, of ``p``'s dtype and on its device."""
-    return all(is_plain(state[n]) and state[n].is_contiguous() and state[n].dtype == p.dtype
-               and state[n].device == p.device for n in names)
+    """Whether every named state tensor of ``p`` is one a kernel may take beside it: laid out as
+    ``p`` is (:func:`same_layout`), plain (its shard, for a DTensor), contiguous, of ``p``'s
+    dtype and on its device."""
+    if not all(same_layout(p, state[n]) for n in names):
+        return False
+    p = shard_of(p)
+    return all(is_plain(s) and s.is_contiguous() and s.dtype == p.dtype and s.device == p.device
+               for s in map(shard_of, (state[n] for n in names)))
 
 
 def check_state_shape(index: int, p: torch.Tensor, name: str, value: Any, shape: tuple | None = None) -> None:
@@ -98,23 +131,32 @@ class Written:
 
 
 class Column:
-    """One operand's tensors (e.g. every fused parameter's ``exp_avg``) and their metadata."""
+    """One operand's tensors (e.g. every fused parameter's ``exp_avg``) and the metadata of what
+    the kernel sees of them (their shards, for DTensors: ``sharded``)."""
 
-    __slots__ = ("tensors", "ptrs", "strides", "numels", "dtypes")
+    __slots__ = ("tensors", "sharded", "ptrs", "strides", "numels", "dtypes")
 
-    def __init__(self, tensors: list[torch.Tensor]) -> None:
-        self.tensors = tensors
-        self.ptrs = list(map(_T.data_ptr, tensors))
-        self.strides = list(map(_T.stride, tensors))
-        self.numels = list(map(_T.numel, tensors))
-        self.dtypes = list(map(_dtype_of, tensors))
+    def __init__(self, tensors: list[torch.Tensor], sharded: bool = False) -> None:
+        self.tensors, self.sharded = tensors, sharded
+        seen = list(map(shard_of, tensors)) if sharded else tensors
+        self.ptrs = list(map(_T.data_ptr, seen))
+        self.strides = list(map(_T.stride, seen))
+        self.numels = list(map(_T.numel, seen))
+        self.dtypes = list(map(_dtype_of, seen))
+
+    def seen(self) -> list[torch.Tensor]:
+        """What the kernel sees of the recorded tensors now."""
+        return list(map(shard_of, self.tensors)) if self.sharded else self.tensors
 
     def holds(self, tensors: list[torch.Tensor], same_objects: bool = False) -> bool:
         """Same objects (unless the caller knows they are), same storage address, strides, size
         and dtype. (The tensors were contiguous when recorded: with the same strides and size
         they still are, and -- for a contiguous tensor -- strides and size fix the shape.)"""
-        return ((same_objects or all(map(operator.is_, tensors, self.tensors)))
-                and list(map(_T.data_ptr, tensors)) == self.ptrs
+        if not (same_objects or all(map(operator.is_, tensors, self.tensors))):
+            return False
+        if self.sharded:  # each DTensor's shard, as it is now (FSDP2 may swap it)
+            tensors = list(map(shard_of, tensors))
+        return (list(map(_T.data_ptr, tensors)) == self.ptrs
                 and list(map(_T.stride, tensors)) == self.strides
                 and list(map(_T.numel, tensors)) == self.numels
                 and list(map(_dtype_of, tensors)) == self.dtypes)
@@ -210,20 +252,25 @@ class Plan:
     created: list[list[str]] = field(default_factory=list)  # state keys the build created, per fused parameter
     force_triton: bool = False  # built for Triton kernels on CPU tensors (the tests' interpreter mode)
     passes: dict = field(default_factory=dict)  # staged algorithms: buckets and pointer tables of their passes
+    sharded: bool = False  # some fused parameters are DTensors: the kernels see their shards
 
     def seal(self) -> None:
         """Record the metadata every later step is checked against."""
-        self.columns = [Column(list(self.params))] + [Column([s[n] for s in self.states]) for n in self.names]
+        sharded = self.sharded
+        self.columns = [Column(list(self.params), sharded)] + [Column([s[n] for s in self.states], sharded)
+                                                              for n in self.names]
         self.held_counters = [[s[n] for s in self.states] for n in self.counted]
-        self.written = Written([t for col in self.columns for t in col.tensors])
-        self._devices = list(map(_device_of, self.params))
+        self.written = Written([t for col in self.columns for t in col.seen()])
+        shards = self.columns[0].seen()
+        self._devices = list(map(_device_of, shards))
         self.grad_ptrs: list[int] = []
-        self._nbytes = [t.numel() * t.element_size() for t in self.params]
+        self._nbytes = [t.numel() * t.element_size() for t in shards]
+        self._specs = [getattr(p, "_spec", None) for p in self.params] if sharded else None
 
     def still_valid(self, with_grad: list[torch.Tensor], their_grads: list | None = None) -> list[torch.Tensor] | None:
         """The per-step check (see the module docstring); returns the fused parameters'
-        gradients when every cached pointer still holds, else None (rebuild). ``their_grads``:
-        the gradients of ``with_grad``, when the caller has them already."""
+        gradients (their shards, for DTensors) when every cached pointer still holds, else None
+        (rebuild). ``their_grads``: the gradients of ``with_grad``, when the caller has them already."""
         if len(with_grad) != len(self.with_grad) or not all(map(operator.is_, with_grad, self.with_grad)):
             return None
         params, columns = self.params, self.columns
@@ -242,6 +289,11 @@ class Plan:
             grads = their_grads
         else:
             grads = list(map(grad_of, params))
+        if self.sharded:  # each gradient laid out as its parameter, whose layout is as recorded
+            if (not all(map(operator.is_, (getattr(p, "_spec", None) for p in params), self._specs))
+                    or not all(map(same_layout, params, grads))):
+                return None
+            grads = list(map(shard_of, grads))
         if not set(map(type, grads)) <= _PLAIN_SET:
             return None
         try:
