@@ -4,7 +4,9 @@ parallel (``parallelize_module``, colwise then rowwise: dimensions 0 and 1 shard
 replicated) -- beside an unsharded copy of the same model and optimizer fed the same gradients.
 
 Each rank runs every case; rank 0 writes one record per case to a JSON file. Run it as a script
-to print the records: ``PYTHONPATH=src python tests/staged_dtensor_worker.py``.
+to print the records: ``PYTHONPATH=src python tests/staged_dtensor_worker.py``; with ``--2d``
+it runs 4 ranks on a 2 x 2 mesh, FSDP2 over tensor parallel (``fsdp-tp``: a dimension sharded
+twice), which the test (2 ranks) does not.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ STEPS = 4
 IN, OUT = 6, 5
 # FSDP2: 15 and 5 rows, uneven dimension-0 shards (8 + 7, 3 + 2); tensor parallel needs the
 # hidden size divisible by the ranks (its colwise output is a shard of dimension 1)
-HIDDEN = {"fsdp": 15, "tp": 16, "mixed": 15}
+HIDDEN = {"fsdp": 15, "tp": 16, "mixed": 15, "fsdp-tp": 16}
 
-# (case id, optimizer class, keyword arguments, model: "mlp" (weights and biases) or "matrices"
-# (2-D only), layouts)
+# (case id, optimizer class, keyword arguments, model: "mlp" (weights and biases), "matrices"
+# (2-D only) or "batched" (a 3-D parameter: a batch of matrices), layouts)
 BOTH, ALL = ("fsdp", "tp"), ("fsdp", "tp", "mixed")
 CASES = [
     ("lamb", "Lamb", dict(lr=1e-2, weight_decay=0.01), "mlp", ALL),
     ("lamb-decoupled", "Lamb", dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, max_weight_norm=None), "mlp", BOTH),
     ("lars", "LARS", dict(lr=0.5, weight_decay=1e-3, trust_coefficient=0.02), "mlp", BOTH),
     ("adafactor", "Adafactor", dict(lr=1e-2, weight_decay=0.01), "mlp", BOTH),
+    ("adafactor-batched", "Adafactor", dict(lr=1e-2), "batched", ("fsdp",)),
     ("prodigy", "Prodigy", dict(lr=1.0, weight_decay=0.01), "mlp", ALL),
     ("prodigy-coupled", "Prodigy", dict(lr=1.0, weight_decay=0.01, decouple=False, betas=(0.0, 0.99)), "mlp", BOTH),
     ("muon", "Muon", dict(lr=2e-2), "matrices", BOTH),
@@ -52,7 +55,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Batched(torch.nn.Module):
+    """A batch of 5 matrices (FSDP2 shards the batch dimension: 3 + 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(5, IN, OUT) / IN**0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(torch.einsum("bi,kio->bko", x, self.weight)).sum(1)
+
+
 def make_model(kind: str, layout: str) -> torch.nn.Sequential:
+    if kind == "batched":
+        return torch.nn.Sequential(Batched())
     bias, hidden = kind == "mlp", HIDDEN[layout]
     return torch.nn.Sequential(torch.nn.Linear(IN, hidden, bias=bias), torch.nn.Tanh(), torch.nn.Linear(hidden, OUT, bias=bias))
 
@@ -61,12 +77,18 @@ def shard(model: torch.nn.Module, layout: str, mesh) -> None:
     """``fsdp``: every linear layer and the root through ``fully_shard``; ``mixed``: only the
     first layer (the last one's parameters stay plain tensors, the same on every rank); ``tp``:
     colwise then rowwise."""
+    if layout == "fsdp-tp":  # a 2-D mesh: tensor parallel on "tp", then FSDP2 on "dp"
+        shard(model, "tp", mesh["tp"])
+        shard(model, "fsdp", mesh["dp"])
+        return
     if layout in ("fsdp", "mixed"):
         from torch.distributed.fsdp import fully_shard
 
         fully_shard(model[0], mesh=mesh)
         if layout == "fsdp":
-            fully_shard(model[2], mesh=mesh)
+            for m in model[1:]:
+                if any(True for _ in m.parameters()):
+                    fully_shard(m, mesh=mesh)
             fully_shard(model, mesh=mesh)
     else:
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -105,7 +127,7 @@ def run_case(case: tuple, layout: str, mesh) -> dict:
         """The sharded model's loss with its gradients. Under tensor parallel, computed from the
         gathered parameters by the unsharded model's code and scattered back, so that both runs
         see the same gradients at the same point (the sharded forward rounds differently)."""
-        if layout != "tp":
+        if layout not in ("tp", "fsdp-tp"):
             loss = model(x).square().mean()
             loss.backward()
             return loss
@@ -156,18 +178,21 @@ def run_case(case: tuple, layout: str, mesh) -> dict:
     return record
 
 
-def worker(rank: int, world: int, port: int, path: str) -> None:
+def worker(rank: int, world: int, port: int, path: str, two_d: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh("cpu", (world,))
+    if two_d:
+        mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))
+    else:
+        mesh = init_device_mesh("cpu", (world,))
     results = {}
     try:
         for case in CASES:
-            for layout in case[4]:
+            for layout in (("fsdp-tp",) if "tp" in case[4] else ()) if two_d else case[4]:
                 key = f"{case[0]}-{layout}"
                 try:
                     results[key] = run_case(case, layout, mesh)
@@ -186,8 +211,10 @@ if __name__ == "__main__":
 
     import torch.multiprocessing as mp
 
+    two_d = "--2d" in sys.argv
     out = os.path.join(tempfile.mkdtemp(), "results.json")
-    mp.spawn(worker, args=(WORLD, free_port(), out), nprocs=WORLD, join=True)
+    world = 2 * WORLD if two_d else WORLD
+    mp.spawn(worker, args=(world, free_port(), out, two_d), nprocs=world, join=True)
     with open(out) as f:
         for key, rec in json.load(f).items():
             print(key, {k: v for k, v in rec.items() if k != "trace"})

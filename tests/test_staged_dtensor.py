@@ -67,12 +67,19 @@ def test_sharded_equals_unsharded(records, key):
 def test_cases_have_dtensor_parameters(records, layout):
     """The layouts are what they claim: dimension 0 sharded under FSDP2, dimension 1 too under
     tensor parallel, plain parameters beside sharded ones in the mixed one."""
-    placements = [pl for key in MATCHING if key.endswith(f"-{layout}") for pl in _record(records, key)["placements"]]
+    placements = [pl for key in MATCHING if key.endswith(f"-{layout}") for pl in records[key].get("placements", [])]
     assert "(Shard(dim=0),)" in placements
     if layout == "tp":
         assert "(Shard(dim=1),)" in placements and "(Replicate(),)" in placements
     if layout == "mixed":
         assert "None" in placements
+
+
+def test_adafactor_batched_matrices(records):
+    """A 3-D parameter sharded along its batch dimension: both factors stay sharded with it."""
+    record = _record(records, "adafactor-batched-fsdp")
+    assert record["params"][0][0] == 3 and record["params"][0][1] <= RTOL
+    assert record["state_placements"][0] == {"row_var": "(Shard(dim=0),)", "col_var": "(Shard(dim=0),)"}
 
 
 @pytest.mark.parametrize("layout", ["fsdp", "tp"])

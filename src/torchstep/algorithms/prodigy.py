@@ -145,7 +145,7 @@ def prodigy_estimate(opt: Any, context: dict, reductions: list) -> dict | None:
     every group; None (the step ends, nothing moves) while the sum of :math:`\lVert s\rVert_1` is 0."""
     active = [p for g in opt.param_groups if g["lr"] != 0 for p in g["params"] if p.grad is not None]
     sums = torch.zeros(2, dtype=torch.float64, device=active[0].device if active else "cpu")
-    whole = torch.zeros_like(sums)  # DTensors' sums: already over the whole tensors, on every rank
+    whole = None  # DTensors' sums: already over the whole tensors, the same on every rank
     for group, values in reductions:
         rate = context["d"] / group["d0"] * context["dlr"]
         flags = values.get("dtensor")
@@ -157,12 +157,13 @@ def prodigy_estimate(opt: Any, context: dict, reductions: list) -> dict | None:
                 if flags is None:
                     sums[k] += part.sum()
                 else:
+                    whole = torch.zeros_like(sums) if whole is None else whole
                     shared = torch.tensor(flags, device=sums.device)
                     sums[k] += part[~shared].sum()
                     whole[k] += part[shared].sum()
     if any(g["fsdp_in_use"] for g in opt.param_groups) or any(hasattr(p, "_fsdp_flattened") for p in active):
         torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
-    delta_numerator, d_denom = (sums + whole).tolist() if any(dtensors.is_dtensor(p) for p in active) else sums.tolist()
+    delta_numerator, d_denom = (sums if whole is None else sums + whole).tolist()
     if d_denom == 0:
         return None  # no gradient information yet
     first, d = opt.param_groups[0], context["d"]

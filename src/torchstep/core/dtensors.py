@@ -51,14 +51,15 @@ def whole(t: torch.Tensor) -> torch.Tensor:
 def zeros_reduced(like: torch.Tensor, shape: tuple, dim: int) -> torch.Tensor:
     """Zeros of ``shape`` (``like``'s with dimension ``dim`` reduced to size 1) laid out as
     ``like``: a DTensor on its mesh, sharded as it is except along ``dim``, which is replicated
-    (a dimension of size 1 has nothing to shard). For a plain ``like``, plain zeros."""
+    (a dimension of size 1 has nothing to shard; FSDP2 over tensor parallel shards a dimension
+    twice, the outer one strided). For a plain ``like``, plain zeros."""
     if not is_dtensor(like):
         return like.new_zeros(shape)
     import torch.distributed.tensor as dt
-    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor import Replicate
 
     dim = dim % like.dim()
-    placements = [Replicate() if isinstance(pl, Shard) and pl.dim == dim else pl for pl in like.placements]
+    placements = [Replicate() if getattr(pl, "dim", None) == dim else pl for pl in like.placements]
     return dt.zeros(shape, dtype=like.dtype, device_mesh=like.device_mesh, placements=placements)
 
 
