@@ -41,6 +41,10 @@ torch operations), :func:`adafactor_direction` (:math:`U_t`, for its norm), :fun
 runs them tensor by tensor; the fused one runs the three passes as kernels, the row and column
 norms and the matrix stage with torch operations between them (a full-size :math:`\hat V_t` per
 matrix, as torch's own step makes). ``maximize`` and the decay come from the shared wrappers.
+DTensor parameters: the row and column norms of a sharded dimension are all-reduced over the mesh
+(the factors along a sharded dimension stay sharded like the matrix: FSDP2's ``row_var`` is
+sharded by rows, its ``col_var`` replicated), and so is the mean of :math:`R_t`; the RMS values
+are whole-tensor norms. The result is that of an unsharded run.
 State: ``step``, and ``row_var`` (:math:`R`, shape with the last dimension 1) and ``col_var``
 (:math:`C`, second-to-last dimension 1) for tensors with two or more dimensions, ``variance``
 (:math:`\hat V`) otherwise. Dense, real tensors only.
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import check
+from ..core import check, dtensors
 from ..core.stages import Along, MatrixStage, Pass, PerTensor, Staged
 from ..core.state import new_step_tensor
 from ..core.wrappers import squeeze_scalar
@@ -64,8 +68,8 @@ def initial_state(p: torch.Tensor, g: torch.Tensor, group: dict) -> dict:
     """``step`` and the (factored, for two or more dimensions) second moment."""
     state = {"step": new_step_tensor(p, group)}
     if g.dim() > 1:
-        state["row_var"] = g.new_zeros((*g.shape[:-1], 1))
-        state["col_var"] = g.new_zeros((*g.shape[:-2], 1, g.shape[-1]))
+        state["row_var"] = dtensors.zeros_reduced(g, (*g.shape[:-1], 1), -1)
+        state["col_var"] = dtensors.zeros_reduced(g, (*g.shape[:-2], 1, g.shape[-1]), -2)
     else:
         state["variance"] = torch.zeros_like(g, memory_format=torch.preserve_format)
     return state
@@ -85,7 +89,7 @@ def adafactor_estimate(row_var, col_var, rows, cols, *, new_weight, eps1):
     row_var.lerp_(rows.square_().div_(cols.size(-1)), new_weight)
     col_var.lerp_(cols.square_().div_(rows.size(-2)), new_weight)
     estimate = row_var @ col_var
-    return {"estimate": estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1))}
+    return {"estimate": estimate.div_(dtensors.whole(row_var.mean(dim=-2, keepdim=True)).clamp_(min=eps1))}
 
 
 def direction(g, estimate, variance, eps1):

@@ -32,6 +32,8 @@ new moments, and the parameter step). The reference backend runs them tensor by 
 one as two passes over memory (:math:`u_t` is recomputed, never stored). ``maximize`` and the
 decoupled decay come from the shared wrappers; the coupled decay is part of :math:`u_t`.
 State: ``step``, ``exp_avg`` (:math:`m`), ``exp_avg_sq`` (:math:`v`). Dense, real tensors only.
+With DTensor parameters (FSDP2, tensor parallel) the two norms are those of the whole tensors
+(all-reduced over the mesh), as an unsharded run computes them.
 Defaults are the paper's (:math:`\beta = (0.9, 0.999)`, :math:`\epsilon = 10^{-6}`; its BERT runs
 use :math:`\lambda = 0.01`). The norm clip :math:`c = 10` and the :math:`\epsilon` in the
 ratio's denominator follow pytorch-optimizer; ``bias_correction=False`` with

@@ -24,6 +24,8 @@ so LARS is written as stages (:mod:`torchstep.core.stages`, ``LARS_STAGES``): :f
 parameter step). The reference backend runs them tensor by tensor, the fused one as two passes
 over memory. ``maximize`` and the decay term :math:`\lambda\theta_{t-1}` of :math:`u_t` come from the
 shared wrappers (the gradient ``lars_step`` sees is :math:`g_t + \lambda\theta_{t-1}`).
+With DTensor parameters (FSDP2, tensor parallel) the norms are those of the whole tensors
+(all-reduced over the mesh).
 State: ``momentum_buffer`` (:math:`b`, torch's SGD key; it starts at zero as in the paper,
 where torch's SGD starts it at the first update). Dense, real tensors only.
 Defaults: the paper's :math:`\eta = 0.001` and :math:`\mu = 0.9`; it gives no default ``lr`` (its

@@ -32,6 +32,14 @@ Not element-wise: the algorithm stands alone with its own ``step``. Its state is
 as in torch, kept under the first parameter: ``func_evals``, ``n_iter``, ``d``, ``t``,
 ``old_dirs`` (the :math:`y_i`), ``old_stps`` (the :math:`s_i`), ``ro``, ``H_diag``
 (:math:`H_0`), ``prev_flat_grad``, ``prev_loss`` and ``al`` (the :math:`\alpha_i`).
+DTensor parameters (FSDP2, tensor parallel): the flat vectors are those of the whole tensors --
+each gradient is gathered (``full_tensor()``), every rank runs the same iteration on the same
+vectors, and each parameter takes its own shard of every step, so the result is that of an
+unsharded run. The losses that steer the iteration are made the same on every rank (their mean
+over the mesh); the value ``step`` returns is the closure's own. The cost is an unsharded run's
+memory on every rank (the gathered gradient, ``d`` and the ``history_size`` pairs) and one
+all-gather per parameter and evaluation: meant for the small problems L-BFGS is used on. Plain
+parameters beside DTensor ones must have the same gradient on every rank.
 References: Liu & Nocedal, "On the limited memory BFGS method for large scale optimization"
 (Math. Programming 45, 1989); Nocedal & Wright, *Numerical Optimization*, Algorithm 7.4.
 """
@@ -42,7 +50,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..core import check
+from ..core import check, dtensors
 from ..core.optimizer import Optimizer
 from ..core.wrappers import squeeze_scalar
 from ._common import lr_checks
@@ -53,23 +61,51 @@ CURVATURE_FLOOR = 1e-10  # a (y, s) pair with y.s at or below this is not rememb
 
 
 def flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
-    """All gradients as one vector (zeros for a missing gradient, complex as real pairs)."""
+    """All gradients as one vector (zeros for a missing gradient, complex as real pairs); a
+    DTensor's whole gradient, gathered."""
     pieces = []
     for p in params:
         g = p.grad
-        piece = p.new_zeros(p.numel()) if g is None else (g.to_dense() if g.is_sparse else g).view(-1)
+        if dtensors.is_dtensor(p):
+            piece = torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None else dtensors.gather(g).reshape(-1)
+        else:
+            piece = p.new_zeros(p.numel()) if g is None else (g.to_dense() if g.is_sparse else g).view(-1)
         pieces.append(torch.view_as_real(piece).view(-1) if torch.is_complex(piece) else piece)
     return torch.cat(pieces, 0)
 
 
 def move_along(params: list[torch.Tensor], t: Any, d: torch.Tensor) -> None:
-    """``x <- x + t * d`` for the flat vector ``x`` the parameters form."""
+    """``x <- x + t * d`` for the flat vector ``x`` the parameters form (a DTensor takes its
+    own shard of its piece of ``d``)."""
     offset = 0
     for p in params:
+        if dtensors.is_dtensor(p):
+            n = p.numel()
+            p.add_(dtensors.local_part(d[offset : offset + n].view(p.shape), p), alpha=t)
+            offset += n
+            continue
         p = torch.view_as_real(p) if torch.is_complex(p) else p
         n = p.numel()
         p.add_(d[offset : offset + n].view_as(p), alpha=t)
         offset += n
+
+
+def mesh_mean(params: list[torch.Tensor]) -> Callable[[float], float]:
+    """The function that makes a loss the same on every rank: with DTensor parameters, its mean
+    over the ranks of the first one's mesh (data-parallel ranks see different batches, and the
+    gradients FSDP hands back are the mean of theirs); otherwise the loss as it is."""
+    mesh = next((p.device_mesh for p in params if dtensors.is_dtensor(p)), None)
+    if mesh is None:
+        return float
+
+    def mean(loss: Any) -> float:
+        value = torch.tensor([float(loss)], dtype=torch.float64)
+        for dim in range(mesh.ndim):
+            torch.distributed.all_reduce(value, group=mesh.get_group(dim))
+            value /= mesh.size(dim)
+        return value.item()
+
+    return mean
 
 
 def lbfgs_direction(g: torch.Tensor, memory: dict, state: dict, history_size: int) -> torch.Tensor:
@@ -157,8 +193,10 @@ class LBFGS(Optimizer):
         state.setdefault("func_evals", 0)
         state.setdefault("n_iter", 0)
 
+        same_loss = mesh_mean(params)
+
         def evaluate() -> tuple[float, torch.Tensor]:
-            return float(closure()), flat_grad(params)
+            return same_loss(closure()), flat_grad(params)
 
         def evaluate_along(x0: list[torch.Tensor], t: Any, d: torch.Tensor) -> tuple[float, torch.Tensor]:
             move_along(params, t, d)
@@ -168,7 +206,7 @@ class LBFGS(Optimizer):
             return out
 
         first_loss = closure()
-        loss, g = float(first_loss), flat_grad(params)
+        loss, g = same_loss(first_loss), flat_grad(params)
         evals = 1
         state["func_evals"] += 1
         if g.abs().max() <= tol_grad:

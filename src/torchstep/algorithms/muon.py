@@ -24,6 +24,17 @@ pass). The fused backend runs the two passes as kernels. The decay comes from th
 (decoupled, at ``lr`` as given).
 State: ``momentum_buffer`` (:math:`B`). Dense, real 2-D parameters only; use e.g. AdamW for
 biases, embeddings and other parameters.
+
+DTensor parameters (FSDP2 shards dimension 0, tensor parallel dimension 0 or 1): Newton--Schulz
+needs the whole matrix, so :func:`muon_orthogonalize` gathers it (``full_tensor()``: one
+all-gather of :math:`\tilde B_t` per matrix and step), every rank orthogonalizes the same whole
+matrix, and each keeps its own shard of :math:`O_t` (``distribute_tensor`` with
+``src_data_rank=None``: a local slice, no communication). The result is bit-for-bit that of an
+unsharded run; the cost is the all-gather (the matrix's bytes on every rank, transiently) and the
+iteration computed redundantly on every rank of the mesh (world-size times the unsharded FLOPs in
+all). Spreading the matrices over the ranks instead (each orthogonalized by one rank, then
+scattered: the Muon/Dion authors' layout) divides that compute by the world size at the price of
+a scatter per matrix and a step-wide schedule; it is not done here.
 References: Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
 https://kellerjordan.github.io/posts/muon/ ; Liu et al., "Muon is Scalable for LLM Training"
 (arXiv:2502.16982, 2025).
@@ -36,7 +47,7 @@ import operator
 
 import torch
 
-from ..core import check
+from ..core import check, dtensors
 from ..core.stages import MatrixStage, Pass, Staged
 from ..core.wrappers import squeeze_scalar
 from .newton_schulz import (
@@ -73,9 +84,11 @@ def muon_momentum(p, g, momentum_buffer, direction=None, *, momentum, nesterov) 
 def muon_orthogonalize(p, momentum_buffer, direction=None, *, ns_coefficients, ns_steps, eps, lr, adjust_lr_fn) -> dict:
     r"""Matrix stage: :math:`O_t`, computed in bfloat16, in the parameter's dtype (the kernels read
     one dtype; exact for bfloat16, float32 and float64 parameters, a float16 one sees it rounded)
-    and the step's factor :math:`-\gamma'`."""
-    update = orthogonalize(momentum_buffer if direction is None else direction, ns_coefficients, ns_steps, eps)
-    return {"update": update.to(p.dtype), "step_size": -adjusted_lr(lr, adjust_lr_fn, p.shape)}
+    and the step's factor :math:`-\gamma'`. A DTensor's matrix is gathered whole first and
+    every rank keeps its own shard of :math:`O_t` (see the module docstring)."""
+    source = dtensors.gather(momentum_buffer if direction is None else direction)
+    update = orthogonalize(source, ns_coefficients, ns_steps, eps).to(p.dtype)
+    return {"update": dtensors.local_part(update, p), "step_size": -adjusted_lr(lr, adjust_lr_fn, p.shape)}
 
 
 def muon_step(p, update, *, step_size) -> None:

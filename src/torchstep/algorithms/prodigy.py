@@ -48,6 +48,10 @@ State (prodigyopt's keys, so state_dicts move between the two): ``step`` (an int
 ``p0`` (:math:`\theta_0`, sliced; a 0-d zero when the parameter starts all-zero), ``exp_avg``
 (:math:`m`, when :math:`\beta_1 > 0`), ``exp_avg_sq`` (:math:`v`); per group ``d``, ``d_max``,
 ``d_numerator`` (:math:`r`), ``k``, and after a step ``d_denom``, ``d_hat``.
+DTensor parameters (FSDP2, tensor parallel; ``slice_p=1`` only): ``s`` and ``p0`` keep the
+parameter's shape and placements (a sharded tensor has no flat layout every sharding allows);
+each tensor's sums are all-reduced over its mesh, so :math:`d` is that of an unsharded run and
+``fsdp_in_use`` is not needed for them (it still all-reduces the sums of plain parameters).
 Deliberate differences from prodigyopt 1.1.2: gradients are left untouched (it adds coupled
 weight decay into ``p.grad``); a group with ``lr=0`` is frozen (prodigyopt still applies the
 decoupled decay and, with :math:`\beta_1 = 0`, a step to it at the global rate).
@@ -62,19 +66,31 @@ from typing import Any
 
 import torch
 
-from ..core import check
+from ..core import check, dtensors
 from ..core.stages import Across, Pass, Staged, Summed
 from .adamax import adam_like_checks
 from .stage_optimizer import StagedOptimizer
 
 
 def sliced(t: torch.Tensor, slice_p: int) -> torch.Tensor:
-    return t.flatten()[::slice_p]
+    """The elements ``s`` and ``p0`` follow: every ``slice_p``-th of the flattened tensor; a
+    DTensor's all, in its own shape (a sharded tensor has no flat layout that every sharding
+    allows, and the sums over its elements do not depend on one)."""
+    return t if dtensors.is_dtensor(t) else t.flatten()[::slice_p]
+
+
+def refuse_sliced_dtensor(p: torch.Tensor, group: dict) -> None:
+    if group["slice_p"] != 1 and dtensors.is_dtensor(p):
+        raise ValueError(
+            f"Prodigy's slice_p={group['slice_p']} is not supported for DTensor parameters (FSDP2, tensor "
+            f"parallel; a parameter of shape {tuple(p.shape)}): use slice_p=1"
+        )
 
 
 def init_state(p: torch.Tensor, group: dict) -> dict:
+    refuse_sliced_dtensor(p, group)
     beta1 = group["betas"][0]
-    p0 = sliced(p, group["slice_p"]).clone() if p.any() else torch.tensor(0, device=p.device, dtype=p.dtype)
+    p0 = sliced(p, group["slice_p"]).clone() if dtensors.any_nonzero(p) else torch.tensor(0, device=p.device, dtype=p.dtype)
     state = {"step": 0, "s": torch.zeros_like(sliced(p, group["slice_p"])), "p0": p0}
     if beta1 > 0:
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -85,7 +101,7 @@ def init_state(p: torch.Tensor, group: dict) -> dict:
 def prodigy_moments(p, g, s, p0, exp_avg_sq, exp_avg=None, *, beta1, beta2, beta3, d, s_rate, slice_p, sliced):
     r"""Stage 1: :math:`m, v, s`; returns this tensor's :math:`\langle g, \theta_0-\theta\rangle` and
     :math:`\lVert s\rVert_1` (on every ``slice_p``-th element when ``sliced``)."""
-    g_s, p_s = g.flatten(), p.flatten()
+    g_s, p_s = (g, p) if dtensors.is_dtensor(p) else (g.flatten(), p.flatten())
     if sliced:
         g_s, p_s = g_s[::slice_p], p_s[::slice_p]
     if exp_avg is not None:
@@ -129,15 +145,25 @@ def prodigy_estimate(opt: Any, context: dict, reductions: list) -> dict | None:
     every group; None (the step ends, nothing moves) while the sum of :math:`\lVert s\rVert_1` is 0."""
     active = [p for g in opt.param_groups if g["lr"] != 0 for p in g["params"] if p.grad is not None]
     sums = torch.zeros(2, dtype=torch.float64, device=active[0].device if active else "cpu")
+    whole = None  # DTensors' sums: already over the whole tensors, the same on every rank
     for group, values in reductions:
         rate = context["d"] / group["d0"] * context["dlr"]
+        flags = values.get("dtensor")
         for k, name in enumerate(("dot", "l1")):
             if values.get(name):
                 part = torch.stack([v.reshape(-1) for v in values[name]]).to(sums.device, torch.float64)
-                sums[k] += (part * rate).sum() if name == "dot" else part.sum()
+                if name == "dot":
+                    part = part * rate
+                if flags is None:
+                    sums[k] += part.sum()
+                else:
+                    whole = torch.zeros_like(sums) if whole is None else whole
+                    shared = torch.tensor(flags, device=sums.device)
+                    sums[k] += part[~shared].sum()
+                    whole[k] += part[shared].sum()
     if any(g["fsdp_in_use"] for g in opt.param_groups) or any(hasattr(p, "_fsdp_flattened") for p in active):
         torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
-    delta_numerator, d_denom = sums.tolist()
+    delta_numerator, d_denom = (sums if whole is None else sums + whole).tolist()
     if d_denom == 0:
         return None  # no gradient information yet
     first, d = opt.param_groups[0], context["d"]
@@ -185,7 +211,7 @@ PRODIGY_STAGES = Staged(
     takes=lambda group: group["lr"] != 0,
     fusable=lambda group: group["slice_p"] == 1,
     fusable_state=lambda p, state, group: state["p0"].dim() != 0,
-    state_shape=lambda p, name, group: (p.numel(),) if name in ("s", "p0") else tuple(p.shape),
+    state_shape=lambda p, name, group: (p.numel(),) if name in ("s", "p0") and not dtensors.is_dtensor(p) else tuple(p.shape),
 )
 
 

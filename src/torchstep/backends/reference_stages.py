@@ -8,6 +8,15 @@ decoupled decay only in the program's first pass reading it); a bare reduction i
 L2 norm (``torch.linalg.vector_norm``, in the tensor's dtype), a ``Summed`` one its sum
 accumulated in float64, an ``Along`` one its norms along the dimension; per-tensor arithmetic
 gets that tensor's 0-d values, a matrix stage its tensors.
+
+DTensor parameters (FSDP2, tensor parallel) run here, never in the fused lanes: their passes are
+DTensor operations on the local shards, and every reduction is taken over the whole logical
+tensor -- a per-tensor norm or sum is all-reduced over the mesh into a plain 0-d tensor, the same
+on every rank; an ``Along`` one keeps the tensor's sharding along the other dimension and is
+all-reduced along the reduced one (:func:`torchstep.core.dtensors.whole`). One all-reduce per
+reduction and tensor: exact, not batched. A lane holding one gives each of its tensors the
+per-tensor value ``dtensor`` (whether it is one), so an ``Across`` item knows which sums are
+already whole.
 """
 
 from __future__ import annotations
@@ -16,17 +25,20 @@ from typing import Any
 
 import torch
 
-from ..core import wrappers
+from ..core import dtensors, wrappers
 from ..core.stages import Along, MatrixStage, Pass, PerTensor, Staged, Summed, arguments, first_reading_g, names_of
 
 
 def reduce(value: Any) -> torch.Tensor:
-    """One tensor's reduction of ``value`` (see the module docstring)."""
+    """One tensor's reduction of ``value`` (see the module docstring), over the whole logical
+    tensor when it is a DTensor (:func:`~torchstep.core.dtensors.whole`)."""
     if isinstance(value, Summed):
-        return value.value.sum(dtype=torch.float64)
-    if isinstance(value, Along):
-        return torch.linalg.vector_norm(value.value, dim=value.dim, keepdim=True)
-    return torch.linalg.vector_norm(value)
+        out = value.value.sum(dtype=torch.float64)
+    elif isinstance(value, Along):
+        out = torch.linalg.vector_norm(value.value, dim=value.dim, keepdim=True)
+    else:
+        out = torch.linalg.vector_norm(value)
+    return dtensors.whole(out)
 
 
 def made_names(items: list, group: dict) -> set[str]:
@@ -41,6 +53,9 @@ class ReferenceLane:
     def __init__(self, opt: Any, algo: Staged, group: dict, params: list[torch.Tensor]) -> None:
         self.opt, self.algo, self.group, self.params = opt, algo, group, params
         self.values: list[dict[str, Any]] = [{"numel": p.numel()} for p in params]
+        if any(dtensors.is_dtensor(p) for p in params):
+            for p, values in zip(params, self.values):
+                values["dtensor"] = dtensors.is_dtensor(p)
         self.decaying = first_reading_g(algo.program, group)
 
     def begin(self) -> None:

@@ -41,6 +41,14 @@ kernel, from the operand it names -- a per-row or per-column reduction of a comp
 has no kernel (strided per-row sums would need their own code generator), so such a pass falls
 back to the reference backend.
 
+DTensor parameters (FSDP2, tensor parallel) always run on the reference backend: their passes are
+DTensor operations on the local shards and every reduction is completed over the mesh, so a
+per-tensor value is that of the whole logical tensor (see :mod:`torchstep.backends.reference_stages`
+and :mod:`torchstep.core.dtensors`). A matrix stage that needs the whole matrix gathers it
+itself (Muon), and one that reduces a sharded tensor of values completes that too (Adafactor's
+mean of its row factor). An ``Across`` item gets, from a lane holding DTensors, the per-tensor
+value ``dtensor``: whether that tensor's sums are already whole (and the same on every rank).
+
 A group's tensors may need different programs (Adafactor factors matrices, not vectors):
 ``split(group, params)`` returns ``[(extras, params), ...]``; each part runs as if its group were
 ``{**group, **extras}`` (its own lanes and plans), so ``state_names``, ``when`` and ``scalars``

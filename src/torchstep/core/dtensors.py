@@ -1,0 +1,87 @@
+"""DTensor parameters (FSDP2's ``fully_shard``, tensor parallel): the few operations the staged
+algorithms need to compute over the whole logical tensor rather than the local shard.
+
+A reduction of a sharded DTensor (a norm, a sum, a mean along a sharded dimension) comes back
+*partial*: every rank holds its shard's part, and the whole value is their combination across
+the mesh. :func:`whole` performs that combination (one all-reduce), so what the algorithms see is
+the value an unsharded run computes -- a plain tensor for a per-tensor number, a DTensor whose
+placements have no partial one for a tensor of values (Adafactor's row and column norms).
+
+Every function here returns plain tensors unchanged, so plain parameters keep their exact
+arithmetic; ``torch.distributed.tensor`` is looked at only once something has imported it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+
+def _dtensor_type() -> type | None:
+    """The DTensor class, or None while ``torch.distributed.tensor`` is not imported (no DTensor
+    can exist then, and a plain program does not pay for the import)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (an ``nn.Parameter`` wrapping one included)."""
+    cls = _dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its partial placements reduced across the mesh (each one all-reduce): a 0-d
+    DTensor becomes the plain 0-d tensor of its value, the same on every rank; a larger one keeps
+    its sharded and replicated placements and has its partial ones made replicated. A plain
+    tensor is returned as it is."""
+    if not is_dtensor(t):
+        return t
+    if t.dim() == 0:
+        return t.full_tensor()
+    if not any(pl.is_partial() for pl in t.placements):
+        return t
+    from torch.distributed.tensor import Replicate
+
+    return t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in t.placements])
+
+
+def zeros_reduced(like: torch.Tensor, shape: tuple, dim: int) -> torch.Tensor:
+    """Zeros of ``shape`` (``like``'s with dimension ``dim`` reduced to size 1) laid out as
+    ``like``: a DTensor on its mesh, sharded as it is except along ``dim``, which is replicated
+    (a dimension of size 1 has nothing to shard; FSDP2 over tensor parallel shards a dimension
+    twice, the outer one strided). For a plain ``like``, plain zeros."""
+    if not is_dtensor(like):
+        return like.new_zeros(shape)
+    import torch.distributed.tensor as dt
+    from torch.distributed.tensor import Replicate
+
+    dim = dim % like.dim()
+    placements = [Replicate() if getattr(pl, "dim", None) == dim else pl for pl in like.placements]
+    return dt.zeros(shape, dtype=like.dtype, device_mesh=like.device_mesh, placements=placements)
+
+
+def any_nonzero(t: torch.Tensor) -> bool:
+    """Whether any element of the whole tensor ``t`` is non-zero (the same answer on every rank)."""
+    if is_dtensor(t):
+        return bool(whole(t.any()))
+    return bool(t.any())
+
+
+def gather(t: torch.Tensor) -> torch.Tensor:
+    """The whole logical tensor as a plain tensor on every rank (an all-gather of the shards;
+    free for a replicated DTensor); a plain tensor as it is."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The part of ``full`` (a plain tensor of ``like``'s logical shape, the same on every rank)
+    that ``like``'s placements put on this rank, as a DTensor laid out as ``like`` -- each rank
+    takes its own slice, with no communication. For a plain ``like``, ``full`` itself."""
+    if not is_dtensor(like):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
