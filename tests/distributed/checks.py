@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -19,6 +21,17 @@ def tol_for(name: str) -> dict:
 def require_ok(case: dict, where: str) -> None:
     if case.get("error"):
         pytest.fail(f"{where} raised {case['error']}\n\n{case.get('traceback', '')}", pytrace=False)
+
+
+def lbfgs_refused_clearly(case: dict, where: str) -> bool:
+    """LBFGS either matches the unsharded run (False: check it as any other) or refuses DTensor
+    parameters with an error that names itself and the cause (True: nothing more to check)."""
+    if not case.get("error"):
+        return False
+    message = case["error"]
+    assert re.search(r"LBFGS", message) and re.search(r"DTensor|distributed", message), \
+        f"LBFGS on {where}: an unclear error (it should name LBFGS and DTensor/distributed):\n{case['traceback']}"
+    return True
 
 
 def assert_tensors_close(got: dict, want: dict, tol: dict, what: str) -> None:

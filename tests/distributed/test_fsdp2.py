@@ -10,11 +10,9 @@ parameters and state are gathered with ``full_tensor()``.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from .checks import assert_same_params, assert_same_state, layout_problems, require_ok, tol_for
+from .checks import assert_same_params, assert_same_state, layout_problems, lbfgs_refused_clearly, require_ok, tol_for
 from .conftest import NAMES, NOT_RUN
 
 SETUPS = ("fsdp", "offload", "mixed")
@@ -31,11 +29,7 @@ def _case(two_ranks: dict, setup: str, name: str) -> dict | None:
         if torch_case["error"] and torch_case["error"].splitlines()[0] == case["error"].splitlines()[0]:
             pytest.skip("FSDP2 cannot reduce-scatter sparse gradients: torch.optim.SparseAdam fails the same way, "
                         f"before any optimizer runs: {torch_case['error'].splitlines()[0][:160]}")
-    if name == "LBFGS" and case["error"]:
-        # LBFGS may refuse DTensor parameters, but then clearly: naming itself and the cause
-        first = case["error"]
-        assert re.search(r"LBFGS", first) and re.search(r"DTensor|distributed", first), \
-            f"LBFGS on {setup}: an unclear error (it should name LBFGS and DTensor/distributed):\n{case['traceback']}"
+    if name == "LBFGS" and lbfgs_refused_clearly(case, setup):
         return None
     require_ok(case, f"{name} on {setup}")
     return case

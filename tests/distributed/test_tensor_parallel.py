@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import pytest
 
-from .checks import assert_same_params, assert_same_state, layout_problems, require_ok, tol_for
+from .checks import assert_same_params, assert_same_state, layout_problems, lbfgs_refused_clearly, require_ok, tol_for
 from .conftest import NAMES, NOT_RUN
 
-TP = [n for n in NAMES]
+TP = list(NAMES)
 
 
-def _case(results: dict, setup: str, name: str) -> dict:
+def _case(results: dict, setup: str, name: str) -> dict | None:
+    """The case, or None where the test has nothing more to check (LBFGS's clear error)."""
     if name in NOT_RUN.get(setup, {}):
         pytest.skip(NOT_RUN[setup][name])
     case = results[(setup, name)]
+    if name == "LBFGS" and lbfgs_refused_clearly(case, setup):
+        return None
     require_ok(case, f"{name} on {setup}")
     return case
 
@@ -40,20 +43,24 @@ def setup_results(request, two_ranks):
 def test_parallel_run_equals_unsharded(setup_results, name):
     setup, results = setup_results
     case = _case(results, setup, name)
-    assert_same_params(case["sharded"], case["ref"], tol_for(name), f"{name} on {setup}")
+    if case is not None:
+        assert_same_params(case["sharded"], case["ref"], tol_for(name), f"{name} on {setup}")
 
 
 @pytest.mark.parametrize("name", TP)
 def test_parallel_state_equals_unsharded(setup_results, name):
     setup, results = setup_results
     case = _case(results, setup, name)
-    assert_same_state(case["sharded"], case["ref"], tol_for(name), f"{name} on {setup}")
+    if case is not None:
+        assert_same_state(case["sharded"], case["ref"], tol_for(name), f"{name} on {setup}")
 
 
 @pytest.mark.parametrize("name", TP)
 def test_parallel_state_layout_follows_parameters(setup_results, name):
     setup, results = setup_results
     case = _case(results, setup, name)
+    if case is None:
+        return
     problems = layout_problems(case["sharded"], case["ref"])
     assert not problems, f"{name} on {setup}:\n" + "\n".join(problems)
 
