@@ -47,12 +47,21 @@ def test_parallel_run_equals_unsharded(setup_results, name):
         assert_same_params(case["sharded"], case["ref"], tol_for(name), f"{name} on {setup}")
 
 
+# Tensor parallel sums the forward's products in another order than one device does, so the
+# gradients differ from the unsharded run's in the last bits (FSDP2's do not). Centered RMSprop's
+# momentum divides by sqrt(E[g^2] - E[g]^2), which turns those bits into ~4e-6 absolute on this
+# model -- on the reference path as on the fused one -- while its parameters stay within the table.
+_TP_STATE_ATOL = {"RMSprop": 1e-5}
+
+
 @pytest.mark.parametrize("name", TP)
 def test_parallel_state_equals_unsharded(setup_results, name):
     setup, results = setup_results
     case = _case(results, setup, name)
     if case is not None:
-        assert_same_state(case["sharded"], case["ref"], tol_for(name), f"{name} on {setup}")
+        tol = dict(tol_for(name))
+        tol["atol"] = max(tol["atol"], _TP_STATE_ATOL.get(name, 0.0))
+        assert_same_state(case["sharded"], case["ref"], tol, f"{name} on {setup}")
 
 
 @pytest.mark.parametrize("name", TP)

@@ -53,6 +53,7 @@ import torch
 
 from ..core import check
 from ..core.algorithm import Algorithm
+from ..core.dtensors import whole
 from ..core.optimizer import Optimizer
 from ..core.state import new_step_tensor
 from ..core.wrappers import as_real, squeeze_scalar
@@ -123,7 +124,9 @@ class Adan(Optimizer):
         grads = [as_real(p.grad) for group in self.param_groups for p in group["params"] if p.grad is not None]
         if any(g.is_sparse for g in grads):
             raise RuntimeError(ADAN_ALGORITHM.sparse_error)
-        norms = [torch.linalg.vector_norm(g, dtype=torch.float64).cpu() for g in grads]
+        # each gradient's whole norm (a DTensor's is all-reduced over its mesh: gradients on
+        # different meshes then combine as plain numbers)
+        norms = [whole(torch.linalg.vector_norm(g, dtype=torch.float64)).cpu() for g in grads]
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         if grad_scale is not None:
             norm /= float(grad_scale)
