@@ -2,7 +2,8 @@
 
     python benchmarks/distributed_offload.py [--world 2] [--steps 10] [--warmup 3] [--json out.json]
 
-``--world`` local ranks (gloo on 127.0.0.1) shard a model of about 8.4M float32 parameters
+``--world`` local ranks (gloo on 127.0.0.1; ``--device cuda``: NCCL, one GPU per rank, the
+parameters on the GPUs and torchstep's Triton kernels, no offload) shard a model of about 8.4M float32 parameters
 (Linear 1024 -> 2048 -> 2048 -> 1024, biases included) with ``fully_shard(...,
 offload_policy=CPUOffloadPolicy(pin_memory=False))`` on every Linear and the root, so each rank
 steps its half of every parameter, on the CPU. Per optimizer and implementation: ``--warmup``
@@ -61,7 +62,8 @@ def _model():
     return torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
 
 
-def _rank(rank: int, world: int, port: int, rows: list, steps: int, warmup: int, threads: int, outdir: str) -> None:
+def _rank(rank: int, world: int, port: int, rows: list, steps: int, warmup: int, threads: int, outdir: str,
+          device: str = "cpu", offload: bool = True) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import warnings
 
@@ -73,18 +75,23 @@ def _rank(rank: int, world: int, port: int, rows: list, steps: int, warmup: int,
     import torchstep.optim as ts_optim
 
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
-    mesh = init_device_mesh("cpu", (world,))
+    if device == "cuda":  # one GPU per rank, NCCL; the parameters stay on the GPU unless --offload
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    mesh = init_device_mesh(device, (world,))
+    policy = dict(offload_policy=CPUOffloadPolicy(pin_memory=device == "cuda")) if offload else {}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     progress = os.path.join(outdir, f"progress{rank}")
     results = os.path.join(outdir, f"results{rank}.jsonl")
     for row_id, algo, lib, _label, kwargs in rows:
         with open(progress, "w") as f:
             f.write(row_id)
-        model = _model()
+        model = _model().to(device)
         for m in model:
             if isinstance(m, torch.nn.Linear):
-                fully_shard(m, mesh=mesh, offload_policy=CPUOffloadPolicy(pin_memory=False))
-        fully_shard(model, mesh=mesh, offload_policy=CPUOffloadPolicy(pin_memory=False))
+                fully_shard(m, mesh=mesh, **policy)
+        fully_shard(model, mesh=mesh, **policy)
         n_params = sum(p.numel() for p in model.parameters())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -92,13 +99,15 @@ def _rank(rank: int, world: int, port: int, rows: list, steps: int, warmup: int,
             gen = torch.Generator().manual_seed(rank)
             times = []
             for i in range(warmup + steps):
-                x = torch.randn(8, WIDTHS[0], generator=gen)
+                x = torch.randn(8, WIDTHS[0], generator=gen).to(device)
                 opt.zero_grad()
                 model(x).square().mean().backward()
+                sync()
                 dist.barrier()
                 t = time.perf_counter()
                 opt.step()
-                elapsed = torch.tensor([time.perf_counter() - t], dtype=torch.float64)
+                sync()
+                elapsed = torch.tensor([time.perf_counter() - t], dtype=torch.float64, device=device)
                 dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
                 if i >= warmup:
                     times.append(elapsed.item())
@@ -117,7 +126,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(rows: list, world: int, steps: int, warmup: int, threads: int, timeout: float) -> dict:
+def run(rows: list, world: int, steps: int, warmup: int, threads: int, timeout: float, device: str = "cpu",
+        offload: bool = True) -> dict:
     """row id -> {times, params, warnings} or {error}; a crashed row is reported and skipped."""
     out: dict = {}
     ctx = multiprocessing.get_context("spawn")
@@ -125,7 +135,8 @@ def run(rows: list, world: int, steps: int, warmup: int, threads: int, timeout: 
     while remaining:
         with tempfile.TemporaryDirectory() as outdir:
             port = _free_port()
-            procs = [ctx.Process(target=_rank, args=(r, world, port, remaining, steps, warmup, threads, outdir))
+            procs = [ctx.Process(target=_rank, args=(r, world, port, remaining, steps, warmup, threads, outdir,
+                                                         device, offload))
                      for r in range(world)]
             for p in procs:
                 p.start()
@@ -190,14 +201,20 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated algorithms (default: all rows)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--json", default="", help="write the raw step times here")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: one GPU per rank, NCCL, parameters on the GPUs (the Triton kernels)")
+    parser.add_argument("--no-offload", action="store_true", help="no CPUOffloadPolicy (the default on --device cuda)")
     args = parser.parse_args()
+    offload = args.device == "cpu" and not args.no_offload
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.world)
     rows = [r for r in ROWS if not args.only or r[1] in args.only.split(",")]
-    results = run(rows, args.world, args.steps, args.warmup, threads, args.timeout)
+    results = run(rows, args.world, args.steps, args.warmup, threads, args.timeout, args.device, offload)
     import torch
 
     params = next((r["params"] for r in results.values() if "params" in r), None)
-    print(f"FSDP2 + CPUOffloadPolicy(pin_memory=False), {args.world} ranks (gloo), {threads} thread(s) per rank, "
+    setup = "FSDP2 + CPUOffloadPolicy(pin_memory=False)" if offload else f"FSDP2 on {args.device}"
+    backend = "nccl" if args.device == "cuda" else "gloo"
+    print(f"{setup}, {args.world} ranks ({backend}), {threads} thread(s) per rank, "
           f"{params} parameters, torch {torch.__version__}; median of {args.steps} steps after {args.warmup} warm-up")
     print()
     print(table(rows, results))
