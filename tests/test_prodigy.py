@@ -12,6 +12,7 @@ import torchstep.optim as ts_optim
 from modern_helpers import (assert_close, assert_params_close, assert_state_close, continue_after_load, make_params,
                             run_side_by_side, set_grads, two_groups)
 from registry import TOLERANCE
+from torchstep.algorithms.prodigy import prodigyopt_state_dict
 from torchstep.backends import staged, use
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -36,7 +37,26 @@ GROUP2 = [dict(), dict(weight_decay=0.02, eps=1e-5, safeguard_warmup=True, slice
 F32_PARITY = dict(rtol=1e-4, atol=1e-6)
 
 
+def flat_like_prodigyopt(opt, params) -> dict:
+    """``opt``'s state with ``s`` and ``p0`` flattened, as prodigyopt 1.1.2 keeps them (torchstep
+    keeps them parameter-shaped with ``slice_p=1``, as sharded DTensor parameters require)."""
+    flat = {}
+    for p in params:
+        st = dict(opt.state.get(p, {}))
+        for key in ("s", "p0"):
+            if isinstance(st.get(key), torch.Tensor) and st[key].shape == p.shape:
+                st[key] = st[key].flatten()
+        flat[p] = st
+    return flat
+
+
+class _FlatState:
+    def __init__(self, opt, params):
+        self.state, self.param_groups = flat_like_prodigyopt(opt, params), opt.param_groups
+
+
 def assert_same(a, b, a_p, b_p, dtype):
+    a, b = _FlatState(a, a_p), _FlatState(b, b_p)
     if dtype == torch.float32:
         return assert_same_f32(a, b, a_p, b_p)
     assert_params_close(a_p, b_p, dtype)
@@ -97,8 +117,15 @@ def test_all_zero_gradients_leave_the_step_undone_like_prodigyopt():
 def test_state_dict_interchange(first, second, dtype):
     libs = {"prodigyopt": prodigyopt, "torchstep": ts_optim}
     group2 = dict(weight_decay=0.01)
+
+    def make_first(ps):
+        opt = libs[first].Prodigy(two_groups(ps, group2), use_bias_correction=True, weight_decay=0.05)
+        if (first, second) == ("torchstep", "prodigyopt"):  # prodigyopt's flat layout of s and p0
+            opt.state_dict = lambda: prodigyopt_state_dict(opt, ts_optim.Prodigy.state_dict(opt))
+        return opt
+
     one, two, one_p, two_p = continue_after_load(
-        lambda ps: libs[first].Prodigy(two_groups(ps, group2), use_bias_correction=True, weight_decay=0.05),
+        make_first,
         lambda ps: libs[second].Prodigy(two_groups(ps, group2)), dtype, pull=1.0, zero=3)
     assert_same(one, two, one_p, two_p, dtype)
 
@@ -244,7 +271,7 @@ def test_misshaped_loaded_state_is_refused_before_the_kernel():
     set_grads(0, [(p, p) for p in params], pull=1.0)
     opt.step()
     sd = opt.state_dict()
-    sd["state"][0]["s"] = sd["state"][0]["s"][:7].clone()
+    sd["state"][0]["s"] = sd["state"][0]["s"].flatten()[:7].clone()
     opt.load_state_dict(sd)
-    with use("fused"), pytest.raises(RuntimeError, match=r"state 's' of parameter 0 has shape \(7,\).*must have shape \(20,\)"):
+    with use("fused"), pytest.raises(RuntimeError, match=r"state 's' of parameter 0 has shape \(7,\).*must have shape \(4, 5\)"):
         opt.step()

@@ -37,15 +37,25 @@ def lbfgs_refused_clearly(case: dict, where: str) -> bool:
 def assert_tensors_close(got: dict, want: dict, tol: dict, what: str) -> None:
     assert sorted(got) == sorted(want), f"{what}: entries {sorted(got)} != {sorted(want)}"
     for key in want:
-        g, w = got[key], want[key]
-        if isinstance(w, torch.Tensor):
-            assert isinstance(g, torch.Tensor), f"{what}[{key}]: {type(g).__name__}, expected a tensor"
-            assert g.shape == w.shape, f"{what}[{key}]: shape {tuple(g.shape)} (gathered) != {tuple(w.shape)}"
-            torch.testing.assert_close(g.to(w.dtype), w, **tol, msg=lambda m, key=key: f"{what}[{key}]: {m}")
-        elif isinstance(w, float):
-            assert g == pytest.approx(w, rel=tol["rtol"], abs=tol["atol"]), f"{what}[{key}]: {g} != {w}"
-        else:
-            assert g == w, f"{what}[{key}]: {g!r} != {w!r}"
+        assert_value_close(got[key], want[key], tol, f"{what}[{key}]")
+
+
+def assert_value_close(g, w, tol: dict, what: str) -> None:
+    """One entry: tensors and floats within ``tol``, lists and tuples (LBFGS's history of
+    tensors) element by element, anything else equal."""
+    if isinstance(w, torch.Tensor):
+        assert isinstance(g, torch.Tensor), f"{what}: {type(g).__name__}, expected a tensor"
+        assert g.shape == w.shape, f"{what}: shape {tuple(g.shape)} (gathered) != {tuple(w.shape)}"
+        torch.testing.assert_close(g.to(w.dtype), w, **tol, msg=lambda m: f"{what}: {m}")
+    elif isinstance(w, float):
+        assert g == pytest.approx(w, rel=tol["rtol"], abs=tol["atol"]), f"{what}: {g} != {w}"
+    elif isinstance(w, (list, tuple)):
+        assert type(g) is type(w), f"{what}: {type(g).__name__}, expected a {type(w).__name__}"
+        assert len(g) == len(w), f"{what}: {len(g)} entries, expected {len(w)}"
+        for i, (a, b) in enumerate(zip(g, w)):
+            assert_value_close(a, b, tol, f"{what}[{i}]")
+    else:
+        assert g == w, f"{what}: {g!r} != {w!r}"
 
 
 def assert_same_params(got: dict, want: dict, tol: dict, what: str) -> None:

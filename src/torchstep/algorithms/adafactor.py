@@ -43,8 +43,11 @@ norms and the matrix stage with torch operations between them (a full-size :math
 matrix, as torch's own step makes). ``maximize`` and the decay come from the shared wrappers.
 DTensor parameters: the row and column norms of a sharded dimension are all-reduced over the mesh
 (the factors along a sharded dimension stay sharded like the matrix: FSDP2's ``row_var`` is
-sharded by rows, its ``col_var`` replicated), and so is the mean of :math:`R_t`; the RMS values
-are whole-tensor norms. The result is that of an unsharded run.
+sharded by rows, its ``col_var`` replicated -- but a factor of the parameter's own shape, as
+the ``col_var`` of a one-row matrix, is laid out as the parameter), and so is the mean of :math:`R_t`; the RMS values
+are whole-tensor norms; the direction is laid out as the parameter before the step (for a
+parameter with uneven or empty shards it may come out replicated). The result is that of an
+unsharded run.
 State: ``step``, and ``row_var`` (:math:`R`, shape with the last dimension 1) and ``col_var``
 (:math:`C`, second-to-last dimension 1) for tensors with two or more dimensions, ``variance``
 (:math:`\hat V`) otherwise. Dense, real tensors only.
@@ -86,8 +89,8 @@ def adafactor_statistics(p, grad, variance=None, *, new_weight, factored):
 
 def adafactor_estimate(row_var, col_var, rows, cols, *, new_weight, eps1):
     r"""Matrix stage: :math:`R_t, C_t` from the row and column norms, and :math:`\hat V_t`."""
-    row_var.lerp_(rows.square_().div_(cols.size(-1)), new_weight)
-    col_var.lerp_(cols.square_().div_(rows.size(-2)), new_weight)
+    row_var.lerp_(dtensors.laid_out_as(rows.square_().div_(cols.size(-1)), row_var), new_weight)
+    col_var.lerp_(dtensors.laid_out_as(cols.square_().div_(rows.size(-2)), col_var), new_weight)
     estimate = row_var @ col_var
     return {"estimate": estimate.div_(dtensors.whole(row_var.mean(dim=-2, keepdim=True)).clamp_(min=eps1))}
 
@@ -120,7 +123,7 @@ def adafactor_scale(weight, update, numel, *, rho, lr_rounds, lr_dtype, eps2, d)
 
 def adafactor_step(p, g, estimate=None, variance=None, *, eps1, step_size) -> None:
     r"""Pass 3: :math:`\theta_t = \theta + \texttt{step\_size}\,U_t`, :math:`U_t` recomputed."""
-    p.add_(direction(g, estimate, variance, eps1), alpha=step_size)
+    p.add_(dtensors.laid_out_as(direction(g, estimate, variance, eps1), p), alpha=step_size)
 
 
 def _factored(group: dict) -> bool:

@@ -45,16 +45,21 @@ after 25 steps, and within 1e-4 relative in float32 -- the only difference being
 order of the float32 inner product (prodigyopt's ``torch.dot``; here float64 sums).
 
 State (prodigyopt's keys, so state_dicts move between the two): ``step`` (an int), ``s``,
-``p0`` (:math:`\theta_0`, sliced; a 0-d zero when the parameter starts all-zero), ``exp_avg``
+``p0`` (:math:`\theta_0`; a 0-d zero when the parameter starts all-zero), ``exp_avg``
 (:math:`m`, when :math:`\beta_1 > 0`), ``exp_avg_sq`` (:math:`v`); per group ``d``, ``d_max``,
 ``d_numerator`` (:math:`r`), ``k``, and after a step ``d_denom``, ``d_hat``.
-DTensor parameters (FSDP2, tensor parallel; ``slice_p=1`` only): ``s`` and ``p0`` keep the
-parameter's shape and placements (a sharded tensor has no flat layout every sharding allows);
-each tensor's sums are all-reduced over its mesh, so :math:`d` is that of an unsharded run and
+With ``slice_p=1``, ``s`` and ``p0`` have the parameter's shape (a DTensor's placements too: a
+sharded tensor has no flat layout every sharding allows, and so a checkpoint moves between
+sharded and unsharded runs); with ``slice_p > 1`` they are every ``slice_p``-th element of the
+flattened parameter. prodigyopt 1.1.2 flattens them for ``slice_p=1`` too: its state_dicts load
+here (the flat tensors are reshaped); for the other way, :func:`prodigyopt_state_dict`.
+DTensor parameters (FSDP2, tensor parallel; ``slice_p=1`` only): each tensor's sums are all-reduced over its mesh, so :math:`d` is that of an unsharded run and
 ``fsdp_in_use`` is not needed for them (it still all-reduces the sums of plain parameters).
 Deliberate differences from prodigyopt 1.1.2: gradients are left untouched (it adds coupled
 weight decay into ``p.grad``); a group with ``lr=0`` is frozen (prodigyopt still applies the
-decoupled decay and, with :math:`\beta_1 = 0`, a step to it at the global rate).
+decoupled decay and, with :math:`\beta_1 = 0`, a step to it at the global rate); its parameters
+with a gradient get their state, untouched after, as in prodigyopt (DCP's ``get_state_dict``
+builds the state it loads into with an ``lr=0`` step).
 Reference: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free Learner"
 (ICML 2024), arXiv:2306.06101.
 """
@@ -73,10 +78,40 @@ from .stage_optimizer import StagedOptimizer
 
 
 def sliced(t: torch.Tensor, slice_p: int) -> torch.Tensor:
-    """The elements ``s`` and ``p0`` follow: every ``slice_p``-th of the flattened tensor; a
-    DTensor's all, in its own shape (a sharded tensor has no flat layout that every sharding
-    allows, and the sums over its elements do not depend on one)."""
-    return t if dtensors.is_dtensor(t) else t.flatten()[::slice_p]
+    """The elements ``s`` and ``p0`` follow: with ``slice_p=1`` all of ``t``, in its own shape (so
+    the state is laid out as the parameter, plain or DTensor -- a sharded tensor has no flat
+    layout every sharding allows -- and a checkpoint moves between sharded and unsharded runs);
+    else every ``slice_p``-th element of the flattened tensor."""
+    return t if slice_p == 1 else t.flatten()[::slice_p]
+
+
+def shaped_as_parameter(p: torch.Tensor, value: Any, slice_p: int) -> Any:
+    """A loaded ``s`` or ``p0`` in this layout: a flat one of all of ``p``'s elements (prodigyopt
+    1.1.2 and older torchstep checkpoints flatten even with ``slice_p=1``) reshaped to ``p``'s
+    shape; anything else (a 0-d ``p0``, a sliced state) as it is."""
+    if (slice_p == 1 and isinstance(value, torch.Tensor) and not dtensors.is_dtensor(value) and value.dim() == 1
+            and value.numel() == p.numel() and tuple(value.shape) != tuple(p.shape)):
+        return value.reshape(p.shape)
+    return value
+
+
+def prodigyopt_state_dict(opt: Any, state_dict: dict | None = None) -> dict:
+    """``opt``'s state_dict (or ``state_dict``, one of ``opt``'s; plain parameters) in prodigyopt
+    1.1.2's layout, for its ``load_state_dict``: ``s`` and ``p0`` of every parameter flattened
+    (prodigyopt flattens them even with ``slice_p=1``; a 0-d zero ``p0`` of a parameter that
+    started all-zero stays as it is). A shallow copy; the other entries are shared."""
+    state_dict = opt.state_dict() if state_dict is None else state_dict
+    params = [p for group in opt.param_groups for p in group["params"]]
+    index = {i: params[k] for k, i in enumerate(i for g in state_dict["param_groups"] for i in g["params"])}
+    state = {}
+    for key, st in state_dict["state"].items():
+        st, p = dict(st), index.get(key)
+        for name in ("s", "p0"):
+            value = st.get(name)
+            if isinstance(value, torch.Tensor) and p is not None and value.shape == p.shape and value.dim() != 1:
+                st[name] = value.flatten()
+        state[key] = st
+    return {**state_dict, "state": state}
 
 
 def refuse_sliced_dtensor(p: torch.Tensor, group: dict) -> None:
@@ -101,9 +136,7 @@ def init_state(p: torch.Tensor, group: dict) -> dict:
 def prodigy_moments(p, g, s, p0, exp_avg_sq, exp_avg=None, *, beta1, beta2, beta3, d, s_rate, slice_p, sliced):
     r"""Stage 1: :math:`m, v, s`; returns this tensor's :math:`\langle g, \theta_0-\theta\rangle` and
     :math:`\lVert s\rVert_1` (on every ``slice_p``-th element when ``sliced``)."""
-    g_s, p_s = (g, p) if dtensors.is_dtensor(p) else (g.flatten(), p.flatten())
-    if sliced:
-        g_s, p_s = g_s[::slice_p], p_s[::slice_p]
+    g_s, p_s = (g.flatten()[::slice_p], p.flatten()[::slice_p]) if sliced else (g, p)
     if exp_avg is not None:
         exp_avg.mul_(beta1).add_(g, alpha=d * (1 - beta1))
     exp_avg_sq.mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))
@@ -210,8 +243,8 @@ PRODIGY_STAGES = Staged(
     wrappers=lambda group, context: dict(weight_decay=0 if context["decouple"] else group["weight_decay"]),
     takes=lambda group: group["lr"] != 0,
     fusable=lambda group: group["slice_p"] == 1,
-    fusable_state=lambda p, state, group: state["p0"].dim() != 0,
-    state_shape=lambda p, name, group: (p.numel(),) if name in ("s", "p0") and not dtensors.is_dtensor(p) else tuple(p.shape),
+    fusable_state=lambda p, state, group: state["p0"].shape == p.shape,  # not the 0-d zero of an all-zero p
+    state_shape=lambda p, name, group: tuple(p.shape),  # fused: slice_p=1 only, where s and p0 are parameter-shaped
 )
 
 
@@ -238,3 +271,15 @@ class Prodigy(StagedOptimizer):
                         use_bias_correction=use_bias_correction, decouple=decouple, safeguard_warmup=safeguard_warmup,
                         fsdp_in_use=fsdp_in_use, slice_p=slice_p)
         super().__init__(params, defaults)
+
+    def _upgrade_loaded_state(self) -> None:
+        """Flat ``s`` and ``p0`` of ``slice_p=1`` (prodigyopt's layout, older checkpoints) take the
+        parameter's shape."""
+        super()._upgrade_loaded_state()
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st:
+                    for name in ("s", "p0"):
+                        if name in st:
+                            st[name] = shaped_as_parameter(p, st[name], group.get("slice_p", 1))

@@ -32,16 +32,21 @@ def step(opt: Any) -> None:
     """One step of ``opt.stages`` over every group it takes (see the module docstring)."""
     algo = opt.stages
     context = algo.context(opt)
-    taken = [(g, [p for p in g["params"] if p.grad is not None]) for g in opt.param_groups if algo.takes(g)]
-    for _, params in taken:
+    with_grad = [(g, [p for p in g["params"] if p.grad is not None]) for g in opt.param_groups]
+    for _, params in with_grad:
         for p in params:
             check.dense_real(p, type(opt).__name__)
             if algo.check is not None:
                 algo.check(p)
-    taken = [(group, view, key, ps) for group, params in taken for view, key, ps in stages.parts(algo, group, params)]
-    for _, view, _, params in taken:
+    # a group the algorithm does not take this step (Prodigy's lr=0) still gets its state, as
+    # torch's optimizers create state for every parameter with a gradient (DCP's get_state_dict
+    # builds the state to load into with an lr=0 step)
+    every = [(algo.takes(group), group, view, key, ps) for group, params in with_grad
+             for view, key, ps in stages.parts(algo, group, params)]
+    for _, _, view, _, params in every:
         for p in params:
             _ensure_state(algo, p, view, opt.state[p])
+    taken = [(group, view, key, ps) for takes, group, view, key, ps in every if takes]
     fused_lanes, rest = [], []
     for group, view, key, params in taken:
         lane, leftover = (None, params) if not (params and algo.fusable(view)) else \

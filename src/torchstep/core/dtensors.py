@@ -48,18 +48,34 @@ def whole(t: torch.Tensor) -> torch.Tensor:
     return t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in t.placements])
 
 
+def laid_out_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (of ``like``'s logical shape) with ``like``'s placements, for an in-place update of
+    ``like``: sharding propagation may give a result computed from a sharded tensor another
+    layout (a replicated one, for a parameter whose shards are uneven or empty). Replicated to
+    sharded is each rank taking its slice, so the values are exactly those computed. A plain
+    ``t``, or one already laid out as ``like``, is returned as it is."""
+    if not is_dtensor(t) or not is_dtensor(like) or tuple(t.placements) == tuple(like.placements):
+        return t
+    return t.redistribute(like.device_mesh, like.placements)
+
+
 def zeros_reduced(like: torch.Tensor, shape: tuple, dim: int) -> torch.Tensor:
     """Zeros of ``shape`` (``like``'s with dimension ``dim`` reduced to size 1) laid out as
     ``like``: a DTensor on its mesh, sharded as it is except along ``dim``, which is replicated
     (a dimension of size 1 has nothing to shard; FSDP2 over tensor parallel shards a dimension
-    twice, the outer one strided). For a plain ``like``, plain zeros."""
+    twice, the outer one strided) -- unless ``dim`` has size 1 in ``like`` too: then the zeros are
+    ``like``-shaped and take ``like``'s placements, as parameter-shaped state does. For a plain
+    ``like``, plain zeros."""
     if not is_dtensor(like):
         return like.new_zeros(shape)
     import torch.distributed.tensor as dt
     from torch.distributed.tensor import Replicate
 
     dim = dim % like.dim()
-    placements = [Replicate() if getattr(pl, "dim", None) == dim else pl for pl in like.placements]
+    if tuple(shape) == tuple(like.shape):  # dimension ``dim`` has size 1 already: laid out as ``like``
+        placements = like.placements
+    else:
+        placements = [Replicate() if getattr(pl, "dim", None) == dim else pl for pl in like.placements]
     return dt.zeros(shape, dtype=like.dtype, device_mesh=like.device_mesh, placements=placements)
 
 
