@@ -131,6 +131,42 @@ def partial_gradient(mesh) -> dict:
     return out
 
 
+def lamb_collectives(mesh) -> dict:
+    """LAMB (per-tensor trust ratios) on an FSDP2 model: the norms of all its shards are
+    completed together, so a step makes a fixed number of reductions whatever the number of
+    tensors; the result equals an unsharded run."""
+    model, ref = _mlp(), _mlp()
+    for m in model:
+        if isinstance(m, torch.nn.Linear):
+            fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    opt, ref_opt = ts.Lamb(model.parameters(), lr=1e-2), ts.Lamb(ref.parameters(), lr=1e-2)
+    _train(model, opt, steps=1)
+    _train(ref, ref_opt, steps=1)
+    calls = []
+    original = DTensor.full_tensor
+
+    def counting(self, *args, **kwargs):
+        calls.append(tuple(self.shape))
+        return original(self, *args, **kwargs)
+
+    DTensor.full_tensor = counting
+    try:
+        gen = torch.Generator().manual_seed(7)
+        x = torch.randn(6, 8, generator=gen)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            if m is model:
+                calls.clear()
+            o.step()
+            if m is model:
+                step_calls = list(calls)
+    finally:
+        DTensor.full_tensor = original
+    return dict(tensors=len(list(model.parameters())), reductions=len(step_calls), diff=_diff(model, ref))
+
+
 def _swap_local(i: int, model) -> None:
     """From the third step on, give the first parameter's DTensor a new shard (same values,
     new memory), as a re-sharding framework may."""
@@ -151,6 +187,7 @@ def run(rank: int, world: int, port: int, out_path: str) -> None:
         "adam_swapped_shard": fsdp_vs_torch(mesh, "Adam", dict(lr=1e-2), mutate=_swap_local),
         "tp_adam": tp_vs_unsharded(mesh, "Adam", dict(lr=1e-2)),
         "partial_gradient": partial_gradient(mesh),
+        "lamb_collectives": lamb_collectives(mesh),
     }
     if rank == 0:
         with open(out_path, "w") as f:

@@ -69,3 +69,12 @@ def test_partial_gradient_takes_the_reference_path(results):
     assert r["diff"] <= 1e-6, r
     assert r["launches"] == [], r
     assert any("DTensor" in w for w in r["warnings"]), r
+
+
+def test_lamb_norms_of_all_shards_are_reduced_together(results):
+    """LAMB needs two whole-tensor norms per parameter: with 4 DTensor parameters that is 8
+    reductions one by one; completed together they are one per kind and layout."""
+    r = results["lamb_collectives"]
+    assert r["diff"] <= 1e-6, r
+    assert r["tensors"] == 4, r
+    assert 1 <= r["reductions"] <= 2, r

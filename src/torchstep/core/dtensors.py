@@ -59,6 +59,32 @@ def laid_out_as(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.redistribute(like.device_mesh, like.placements)
 
 
+def whole_all(values: list) -> list:
+    """:func:`whole` of each of ``values``, with one all-reduce per kind instead of one per value:
+    0-d DTensors of one mesh, placements and dtype (the per-tensor norms or sums of a group's
+    shards) have their local parts stacked into one tensor, reduced together -- a partial norm or
+    sum combines element by element, so each comes out as its own reduction would -- and split
+    again. Anything else goes through :func:`whole` on its own."""
+    out: list = [None] * len(values)
+    batches: dict = {}
+    for i, v in enumerate(values):
+        if is_dtensor(v) and v.dim() == 0 and any(pl.is_partial() for pl in v.placements):
+            batches.setdefault((id(v.device_mesh), tuple(v.placements), v.dtype), []).append(i)
+        else:
+            out[i] = whole(v)
+    dtensor = _dtensor_type()
+    for members in batches.values():
+        first = values[members[0]]
+        if len(members) == 1:
+            out[members[0]] = whole(first)
+            continue
+        local = torch.stack([values[i]._local_tensor for i in members])
+        combined = dtensor.from_local(local, first.device_mesh, first.placements, run_check=False).full_tensor()
+        for k, i in enumerate(members):
+            out[i] = combined[k]
+    return out
+
+
 def zeros_reduced(like: torch.Tensor, shape: tuple, dim: int) -> torch.Tensor:
     """Zeros of ``shape`` (``like``'s with dimension ``dim`` reduced to size 1) laid out as
     ``like``: a DTensor on its mesh, sharded as it is except along ``dim``, which is replicated
