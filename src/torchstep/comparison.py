@@ -183,32 +183,32 @@ def check_task(task: Any, seed: int = 0) -> _Probe:
     required = ("model", "train_batches", "loss")
     missing = [name for name in required if not hasattr(task, name)]
     if missing:
-        raise TaskError(f"returned a {type(task).__name__}, not a torchstep.Task: it has no "
+        raise TaskError(f"the factory returned {type(task).__name__}, not a torchstep.Task: it has no "
                         f"{', '.join(missing)}")
     for name in (*required, "evaluate"):
         value = getattr(task, name, None)
         if (value is not None or name != "evaluate") and not callable(value):
-            raise TaskError(f"task.{name} is a {type(value).__name__}, not a callable")
+            raise TaskError(f"task.{name} is {type(value).__name__}, not a callable")
     epochs = getattr(task, "epochs", 1)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise TaskError(f"task.epochs must be a positive int, got {epochs!r}")
     torch.manual_seed(seed)
     model = _call("task.model(seed)", task.model, seed)
     if not isinstance(model, torch.nn.Module):
-        raise TaskError(f"task.model(seed) returned a {type(model).__name__}, not an nn.Module")
+        raise TaskError(f"task.model(seed) returned {type(model).__name__}, not an nn.Module")
     batches = _call("task.train_batches(seed)", task.train_batches, seed)
     try:
         iterator = iter(batches)
     except TypeError:
-        raise TaskError(f"task.train_batches(seed) returned a {type(batches).__name__}, not an iterable "
+        raise TaskError(f"task.train_batches(seed) returned {type(batches).__name__}, not an iterable "
                         "of (inputs, targets)") from None
     items = _call("iterating task.train_batches(seed)", list, iterator)
     if not items:
         raise TaskError("task.train_batches(seed) yielded no batches")
     first = items[0]
     if not (isinstance(first, (tuple, list)) and len(first) == 2):
-        raise TaskError(f"task.train_batches(seed) must yield (inputs, targets) pairs; its first item is "
-                        f"a {type(first).__name__}" + (f" of length {len(first)}" if hasattr(first, "__len__") else ""))
+        raise TaskError("task.train_batches(seed) must yield (inputs, targets) pairs; its first item is "
+                       f"{_describe(first)}")
     outputs = _call("model(inputs) on the first batch", model, first[0])
     loss = _call("task.loss(outputs, targets)", task.loss, outputs, first[1])
     if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
@@ -225,7 +225,9 @@ def check_task(task: Any, seed: int = 0) -> _Probe:
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {tuple(value.shape)} {str(value.dtype).replace('torch.', '')} tensor"
-    return f"a {type(value).__name__}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return type(value).__name__
 
 
 def _evaluate(task: Task, model: torch.nn.Module) -> dict[str, float]:

@@ -117,7 +117,7 @@ def load_task(target: str, batch_size: int | None = None) -> Any:
     if factory is None:
         raise UserError(f"--task {target!r}: module {module_name!r} has no {attr!r}")
     if not callable(factory):
-        raise UserError(f"--task {target!r}: {module_name}.{attr} is a {type(factory).__name__}, not a factory function")
+        raise UserError(f"--task {target!r}: {module_name}.{attr} is {type(factory).__name__}, not a factory function")
     try:
         return factory()
     except Exception as exc:
