@@ -235,3 +235,16 @@ def test_lr_find_on_own_task(capsys):
                  "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "suggested lr: " in out and "stopped: " in out
+
+
+def test_duck_typed_task_without_the_optional_fields():
+    """Anything with model, train_batches and loss is a task: no evaluate, epochs or name needed;
+    without val_loss, --target watches the epoch's training loss."""
+    t = regression_task()
+    plain = SimpleNamespace(model=t.model, train_batches=t.train_batches, loss=t.loss)
+    result = torchstep.compare(["adam"], plain, target=1e9)
+    assert (result.task, result.epochs, result.metric_names) == ("task", 1, [])
+    run = result.setups[0].runs[0]
+    assert run.metrics == {} and run.steps_to_target == 6
+    assert _table(result.table())[0] == ["setup", "lr", "train loss", "steps to 1e+09", "s to 1e+09", "state bytes",
+                                         "wall s", "optimizer.step share"]

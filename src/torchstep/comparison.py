@@ -325,7 +325,7 @@ def _train(task: Task, setup: Any, seed: int, epochs: int, steps_per_epoch: int,
             raise TaskError(f"task.train_batches(seed) yielded {steps} batches in epoch {epoch + 1} and "
                             f"{steps_per_epoch} in the first: every epoch must have the same number")
         record = {"step": float(len(run.losses)), "seconds": run.wall_s, "train_loss": total / count}
-        if task.evaluate is not None:
+        if getattr(task, "evaluate", None) is not None:
             _mode(opt, False)
             record.update(_evaluate(task, model))
             _mode(opt, True)
@@ -359,7 +359,7 @@ def _score(run: SeedRun) -> float:
     return value if math.isfinite(value) else math.inf
 
 
-def resolve_task(task: Task | str, epochs: int | None = None) -> Task:
+def resolve_task(task: Task | str) -> Task:
     """A :class:`Task` from a Task or a built-in task's name (``digits-mlp``)."""
     if isinstance(task, str):
         if task not in BUILTIN_TASKS:
@@ -399,7 +399,7 @@ def compare(
     if not seed_list:
         raise ValueError("seeds must name at least one seed")
     probe = check_task(task, seed_list[0])
-    epochs = int(epochs if epochs is not None else task.epochs)
+    epochs = int(epochs if epochs is not None else getattr(task, "epochs", 1))
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 0 < tune_fraction <= 1:
@@ -434,7 +434,7 @@ def compare(
             if b is not None:
                 b.close()
         results.append(result)
-    return Comparison(task=task.name, epochs=epochs, steps=steps, seeds=seed_list, target=target, tuned=tune_lr,
+    return Comparison(task=str(getattr(task, "name", "task")), epochs=epochs, steps=steps, seeds=seed_list, target=target, tuned=tune_lr,
                       tune_epochs=tune_epochs, setups=results, metric_names=probe.metric_names)
 
 

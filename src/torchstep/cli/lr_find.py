@@ -88,7 +88,7 @@ def _problem(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list, str]
         torch.manual_seed(args.seed)
         model = task.model(args.seed)
         torch.manual_seed(args.seed)
-        return model, task.loss, list(task.train_batches(args.seed)), task.name
+        return model, task.loss, list(task.train_batches(args.seed)), str(getattr(task, "name", args.task))
     if args.batch_size is None:
         args.batch_size = 64
     if args.model is None:
