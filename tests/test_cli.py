@@ -56,16 +56,20 @@ def test_compare_runs_every_preset(tmp_path):
     else:  # bars are optional: one hint, and the run goes on
         assert "no progress bars without tqdm (pip install 'torchstep[cli]')" in err[0]
     header, rows = _table(out)
-    assert header == ["setup", "final train loss", "val loss", "val acc", "wall s", "optimizer.step share"]
+    assert header == ["setup", "lr", "train loss", "train acc", "val loss", "val acc", "state bytes", "wall s",
+                      "optimizer.step share"]
     assert [r[0] for r in rows] == list(PRESETS)
     for row in rows:
-        assert 0 < float(row[1]) < 2.5 and 0 <= float(row[3]) <= 1 and float(row[4]) > 0
-        assert row[5].endswith("%") and 0 < float(row[5][:-1]) < 100
+        assert 0 < float(row[2]) < 2.5 and 0 <= float(row[3]) <= 1 and 0 <= float(row[5]) <= 1
+        assert int(row[6]) > 0 and float(row[7]) > 0
+        assert row[8].endswith("%") and 0 < float(row[8][:-1]) < 100
+    assert "±" not in out  # one seed: no spread to show
     _assert_png(png)
-    runs = json.loads(raw.read_text())
-    assert [r["label"] for r in runs] == list(PRESETS)
-    assert all(len(r["losses"]) == len(r["lrs"]) == 12 for r in runs)  # ceil(1438 / 128) steps
-    cosine = next(r for r in runs if r["label"] == "adamw-cosine")
+    result = json.loads(raw.read_text())
+    assert [s["label"] for s in result["setups"]] == list(PRESETS)
+    runs = [s["runs"][0] for s in result["setups"]]
+    assert all(len(r["losses"]) == len(r["lrs"]) == len(r["seconds"]) == 12 for r in runs)  # ceil(1438 / 128) steps
+    cosine = next(s["runs"][0] for s in result["setups"] if s["label"] == "adamw-cosine")
     assert cosine["lrs"] == pytest.approx(preview(warmup_cosine(3e-3, 1, 12), 12))  # warmup 0.05 x 12 -> 1 step
 
 

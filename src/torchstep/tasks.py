@@ -1,14 +1,18 @@
-"""Built-in training tasks on real data that loads offline.
+"""Training tasks: the :class:`Task` protocol and the built-in tasks on real data that loads offline.
 
-``digits``: scikit-learn's copy of the UCI optical handwritten digits (1,797 8x8 images, 10
-classes), shipped inside the scikit-learn package -- no download. Used by the demo, the tests
-and (later) ``torchstep compare``.
+A :class:`Task` is what ``torchstep compare`` and ``torchstep lr-find`` train: a model factory,
+one epoch of batches, a loss and (optionally) an evaluation. Bring your own with
+``torchstep compare --task package.module:factory``, where ``factory()`` returns a Task.
+
+``digits-mlp``: scikit-learn's copy of the UCI optical handwritten digits (1,797 8x8 images, 10
+classes), shipped inside the scikit-learn package -- no download -- and a 64-64-10 MLP. Used by
+the demo, the tests and ``torchstep compare`` by default.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -96,3 +100,67 @@ def train(
     with torch.no_grad():
         accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
     return RunResult(losses, accuracy)
+
+
+@dataclass
+class Task:
+    """A training problem for ``torchstep compare`` / ``torchstep lr-find`` / :func:`torchstep.compare`.
+
+    Fields:
+
+    ``model(seed) -> nn.Module``
+        A fresh model. Every run calls it once; build the weights from ``seed`` (the comparison
+        also seeds torch's global generator with it just before the call, so a factory that
+        ignores ``seed`` is still deterministic).
+    ``train_batches(seed) -> iterable of (inputs, targets)``
+        One epoch of training batches (a list, a generator, a ``DataLoader``...). It is called once
+        per epoch with a seed derived from the run's seed and the epoch number (torch's global
+        generator is seeded with it too), so each epoch may shuffle differently while a re-run
+        repeats exactly. Every epoch must have the same number of batches: schedules are laid out
+        over the whole run in advance.
+    ``loss(outputs, targets) -> scalar tensor``
+        The training loss of a batch, with ``outputs = model(inputs)``.
+    ``evaluate(model) -> dict`` (optional)
+        Named metrics of a trained model, e.g. ``{"val_loss": 0.08, "val_acc": 0.98}``; called
+        in eval mode under ``torch.no_grad()`` at the end of every epoch. ``val_loss`` is what
+        ``--target`` and ``--tune-lr`` look at; without it they use the training loss.
+    ``epochs`` (optional, default 1)
+        The default training budget in epochs (``--epochs`` overrides it).
+    ``name`` (optional)
+        Shown in the output's title.
+
+    When ``outputs`` are ``(batch, classes)`` scores and ``targets`` class indices, the
+    comparison also reports the training accuracy.
+    """
+
+    model: Callable[[int], torch.nn.Module]
+    train_batches: Callable[[int], Iterable[tuple[Any, Any]]]
+    loss: Callable[[Any, Any], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None
+    epochs: int = 1
+    name: str = "task"
+
+
+def digits_mlp_task(epochs: int = 30, batch_size: int = 32) -> Task:
+    """The built-in ``digits-mlp`` task: the 64-64-10 MLP on the digits (80/20 split), cross-entropy,
+    validation loss and accuracy."""
+    data = load_digits()
+    loss = torch.nn.functional.cross_entropy
+
+    def batches(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
+        return [(data.x_train[order[i:i + batch_size]], data.y_train[order[i:i + batch_size]])
+                for i in range(0, len(order), batch_size)]
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        logits = model(data.x_val)
+        return {"val_loss": loss(logits, data.y_val).item(),
+                "val_acc": (logits.argmax(1) == data.y_val).float().mean().item()}
+
+    return Task(model=digits_model, train_batches=batches, loss=loss, evaluate=evaluate, epochs=epochs,
+                name=f"digits MLP 64-64-10 ({len(data.x_train)} train / {len(data.x_val)} validation images, "
+                     f"batch {batch_size})")
+
+
+# name -> factory(epochs=..., batch_size=...) of the tasks ``--task NAME`` runs
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"digits-mlp": digits_mlp_task}

@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
+from torchstep.comparison import TaskError, check_task
 from torchstep.lr_finder import DIVERGE, RULES, check_sweep, lr_find
 from torchstep.params import param_groups
 from torchstep.tasks import digits_model
 
 from .errors import UserError
-from .output import check_minimums, digits_data, markdown_table, require, writable
+from .output import check_minimums, digits_data, load_task, markdown_table, require, writable
 from .setups import SetupError, parse_setup
 
 
@@ -32,13 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(model, loss_fn, batches) where batches is a list of (inputs, target) pairs. The current "
         "folder is importable.",
     )
+    p.add_argument("--task", metavar="TASK", help="digits-mlp or package.module:factory returning a torchstep.Task: "
+                   "sweeps over its model, loss and training batches (default: the digits MLP)")
     p.add_argument("--model", metavar="MODULE:FUNCTION", help="a model factory (default: the digits MLP)")
     p.add_argument("--optimizer", default="AdamW", metavar="SPEC",
                    help="the optimizer, e.g. 'SGD(momentum=0.9)' (its lr is replaced by the sweep; default AdamW)")
     p.add_argument("--start-lr", type=float, default=1e-6, help="first lr of the sweep (default 1e-6)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last lr of the sweep (default 10)")
     p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default 100)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size on the digits task (default 64)")
+    p.add_argument("--batch-size", type=int, help="batch size on the digits task (default 64)")
     p.add_argument("--rule", default="steepest", choices=RULES,
                    help="steepest: where the smoothed loss falls fastest; min/10: a tenth of the lr at the lowest "
                    "smoothed loss (default steepest)")
@@ -74,6 +77,20 @@ def _digits_batches(batch_size: int, seed: int) -> list[tuple[torch.Tensor, torc
 
 
 def _problem(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list, str]:
+    if args.task is not None:
+        if args.model is not None:
+            raise UserError("give --task or --model, not both")
+        task = load_task(args.task, args.batch_size)
+        try:
+            check_task(task, args.seed)
+        except TaskError as exc:
+            raise UserError(f"--task {args.task!r}: {exc}") from None
+        torch.manual_seed(args.seed)
+        model = task.model(args.seed)
+        torch.manual_seed(args.seed)
+        return model, task.loss, list(task.train_batches(args.seed)), str(getattr(task, "name", args.task))
+    if args.batch_size is None:
+        args.batch_size = 64
     if args.model is None:
         return digits_model(seed=args.seed), torch.nn.functional.cross_entropy, \
             _digits_batches(args.batch_size, args.seed), "digits MLP"

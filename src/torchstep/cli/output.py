@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,3 +87,42 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right:
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right)) + "|"
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def load_task(target: str, batch_size: int | None = None) -> Any:
+    """The :class:`torchstep.tasks.Task` named by ``--task``: a built-in task's name or
+    ``package.module:factory`` (a function of no arguments returning a Task; the current folder is
+    importable). Each way it can fail is a one-line :class:`UserError`; the task's protocol is
+    checked later, by :func:`torchstep.comparison.check_task`."""
+    from torchstep.tasks import BUILTIN_TASKS
+
+    if target in BUILTIN_TASKS:
+        try:
+            return BUILTIN_TASKS[target](**({} if batch_size is None else {"batch_size": batch_size}))
+        except ImportError as exc:
+            raise UserError(str(exc)) from None
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"--task {target!r} is neither a built-in task ({', '.join(BUILTIN_TASKS)}) nor "
+                        "package.module:factory")
+    if batch_size is not None:
+        raise UserError("--batch-size applies to the built-in tasks only: your task's train_batches sets it")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module: any failure is reported on one line
+        raise UserError(f"--task {target!r}: cannot import {module_name!r} ({_one_line(exc)})") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UserError(f"--task {target!r}: module {module_name!r} has no {attr!r}")
+    if not callable(factory):
+        raise UserError(f"--task {target!r}: {module_name}.{attr} is {type(factory).__name__}, not a factory function")
+    try:
+        return factory()
+    except Exception as exc:
+        raise UserError(f"--task {target!r}: the factory raised {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
