@@ -200,7 +200,7 @@ def test_tuning_record_and_budget():
 
 
 BAD_TASKS = [
-    ("no_colon_here", "is neither a built-in task (digits-mlp) nor package.module:factory"),
+    ("no_colon_here", "is neither a built-in task (digits-mlp, digits-cnn, charlm) nor package.module:factory"),
     ("no_such_module_xyz:make", "cannot import 'no_such_module_xyz' (ModuleNotFoundError: No module named"),
     ("broken_task_module:make", "cannot import 'broken_task_module' (ZeroDivisionError: division by zero)"),
     (f"{MODULE}:no_such_factory", f"module '{MODULE}' has no 'no_such_factory'"),

@@ -386,8 +386,10 @@ def compare(
     built-in task's name. ``epochs``: the budget per run (default ``task.epochs``). ``seeds``: a count
     (seeds 0..N-1) or the seeds themselves. ``tune_lr``: pick each setup's lr on a log-grid first
     (module docstring), each grid run lasting ``tune_fraction`` of the epochs (at least one).
-    ``target``: the validation loss whose first crossing is timed. ``bar``: a tqdm-like class for
-    progress bars (``bar(total=..., desc=...)``), or None for none.
+    ``target``: the validation loss whose first crossing is timed. ``bar``: a tqdm-like class, or
+    None for no progress: one bar, ``bar(total=..., desc=...)``, counts every training step of the
+    comparison (tuning runs included), so its ETA is the whole comparison's; its description names
+    the current run (``set_description``) and its postfix the last epoch's loss.
 
     Raises :class:`TaskError` for a task that does not follow the protocol and
     :class:`torchstep.cli.setups.SetupError` for a setup that cannot be built.
@@ -410,30 +412,39 @@ def compare(
     for setup in parsed:
         _warm_up(task, setup, probe, seed_list[0])
     tune_epochs = max(1, round(epochs * tune_fraction)) if tune_lr else None
+    tune_steps = 0 if tune_epochs is None else tune_epochs * probe.steps_per_epoch
+    n_runs = len(parsed) * (len(seed_list) + (len(TUNE_FACTORS) if tune_lr else 0))
+    total = len(parsed) * (len(seed_list) * steps + len(TUNE_FACTORS) * tune_steps)
+    # one bar over the whole comparison (every tuning run and seed of every setup): its ETA is the rest's
+    b = None if bar is None else bar(total=total, desc="compare")
+    done = 0
+
+    def started(what: str) -> None:
+        nonlocal done
+        done += 1
+        if b is not None:
+            b.set_description(f"run {done}/{n_runs} {what}", refresh=False)
+
     results = []
     for text, setup in zip(texts, parsed):
         tuning = None
         if tune_lr:
-            short = parse_setup(text, tune_epochs * probe.steps_per_epoch)
+            short = parse_setup(text, tune_steps)
             tuning, best = [], (math.inf, 1.0)
             for factor in TUNE_FACTORS:
                 candidate = _scaled(short, factor)
-                b = None if bar is None else bar(total=tune_epochs * probe.steps_per_epoch,
-                                                 desc=f"{setup.label} tune lr={_lr_of(candidate):.3g}")
+                started(f"{setup.label} tune lr={_lr_of(candidate):.3g}")
                 run = _train(task, candidate, seed_list[0], tune_epochs, probe.steps_per_epoch, None, b)
-                if b is not None:
-                    b.close()
                 tuning.append((_lr_of(candidate), _score(run)))
                 best = min(best, (_score(run), factor))
             setup = _scaled(setup, best[1])
         result = SetupResult(setup.label, setup.describe(), _lr_of(setup), tuning=tuning)
         for seed in seed_list:
-            desc = setup.label if len(seed_list) == 1 else f"{setup.label} seed {seed}"
-            b = None if bar is None else bar(total=steps, desc=desc)
+            started(setup.label if len(seed_list) == 1 else f"{setup.label} seed {seed}")
             result.runs.append(_train(task, setup, seed, epochs, probe.steps_per_epoch, target, b))
-            if b is not None:
-                b.close()
         results.append(result)
+    if b is not None:
+        b.close()
     return Comparison(task=str(getattr(task, "name", "task")), epochs=epochs, steps=steps, seeds=seed_list, target=target, tuned=tune_lr,
                       tune_epochs=tune_epochs, setups=results, metric_names=probe.metric_names)
 

@@ -45,11 +45,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", default="digits-mlp", metavar="TASK",
-                   help="digits-mlp (the default) or package.module:factory returning a torchstep.Task")
+                   help="a built-in task -- digits-mlp (the default), digits-cnn (a small conv net, channels_last), "
+                   "charlm (a character-level transformer on the standard library's source; reports val bpc) -- "
+                   "or package.module:factory returning a torchstep.Task")
     p.add_argument("--setup", action="append", metavar="SETUP",
                    help="a preset name or Optimizer(...)+schedule(...); repeat for several (default: all presets)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default: the task's, 30 for digits-mlp)")
-    p.add_argument("--batch-size", type=int, help="batch size of a built-in task (default 32)")
+    p.add_argument("--epochs", type=int, help="epochs per run (default: the task's: 30 for digits-mlp, 15 for "
+                   "digits-cnn, 8 of 100 steps for charlm)")
+    p.add_argument("--batch-size", type=int, help="batch size of a built-in task (default 32; 16 for charlm)")
     p.add_argument("--seeds", type=int, default=1, help="runs per setup, seeds --seed ... --seed+N-1; the table "
                    "shows mean ± std (default 1)")
     p.add_argument("--seed", type=int, default=0, help="the first seed (initial weights and batch order; default 0)")
@@ -60,7 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", default="compare.png", metavar="PNG", help="where to write the curves (default compare.png)")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--json", metavar="PATH", help="also write every run's curves and metrics as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--markdown", action="store_true", help="print only Markdown on stdout, for pasting: the run's "
+                   "summary, the table and a link to the PNG (progress and notes go to stderr)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one bar over the whole comparison, "
+                   "with its ETA)")
 
 
 def table(comparison: Comparison) -> str:
@@ -72,13 +78,15 @@ def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[flo
     return mean, [min(c[i] for c in curves) for i in range(len(mean))], [max(c[i] for c in curves) for i in range(len(mean))]
 
 
-def plot(comparison: Comparison, path, title: str) -> None:
+def figure(comparison: Comparison, title: str):
+    """The comparison's figure: loss vs step, loss vs training seconds (min-max bands over the seeds
+    when there are several) and the lr curves, three panels in one row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(16, 4.5), dpi=100)
-    FigureCanvasAgg(figure)
-    step_ax, time_ax, lr_ax = figure.subplots(1, 3)
+    fig = Figure(figsize=(16, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    step_ax, time_ax, lr_ax = fig.subplots(1, 3)
     for i, s in enumerate(comparison.setups):
         color = f"C{i % 10}"
         smooth = [[v if math.isfinite(v) else float("nan") for v in ema(r.losses, 0.9)] for r in s.runs]
@@ -101,7 +109,11 @@ def plot(comparison: Comparison, path, title: str) -> None:
     for ax in (step_ax, time_ax, lr_ax):
         ax.grid(True, alpha=0.3, which="both")
     lr_ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    figure.savefig(path, format="png", bbox_inches="tight")
+    return fig
+
+
+def plot(comparison: Comparison, path, title: str) -> None:
+    figure(comparison, title).savefig(path, format="png", bbox_inches="tight")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     task = load_task(args.task, args.batch_size)
     bar = functools.partial(tqdm, unit="step", file=sys.stderr, disable=args.no_progress, mininterval=0.25,
-                            leave=True)
+                            leave=True, dynamic_ncols=True)
     try:
         result = compare(args.setup, task, epochs=args.epochs, seeds=range(args.seed, args.seed + args.seeds),
                          tune_lr=args.tune_lr, target=args.target, bar=bar)
@@ -124,13 +136,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--task {args.task!r}: {exc}") from None
     tuned = f"; lr tuned per setup: x{', x'.join(f'{f:.3g}' for f in TUNE_FACTORS)} for {result.tune_epochs} " \
             "epoch(s) each on the first seed" if result.tuned else ""
-    print(f"{result.task}: {result.epochs} epochs x {result.steps // result.epochs} steps, "
-          f"{len(result.seeds)} seed(s), {args.threads} thread(s){tuned}\n")
+    summary = (f"{result.task}: {result.epochs} epochs x {result.steps // result.epochs} steps, "
+               f"{len(result.seeds)} seed(s), {args.threads} thread(s){tuned}")
+    notes = sys.stderr if args.markdown else sys.stdout
+    print(f"*{summary}*\n" if args.markdown else f"{summary}\n")
     print(result.table())
     if png is not None:
         plot(result, png, f"{args.task}, {result.epochs} epochs")
-        print(f"\nwrote {png}")
+        print(f"\n![compare]({png})" if args.markdown else f"\nwrote {png}")
     if out_json is not None:
         out_json.write_text(json.dumps(result.to_dict()))
-        print(f"wrote {out_json}")
+        print(f"wrote {out_json}", file=notes)
     return 0

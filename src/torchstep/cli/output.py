@@ -35,6 +35,9 @@ class _NoBar:
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def set_description(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
