@@ -52,7 +52,7 @@ def test_charlm_split_is_fixed_and_clean():
 
 def test_charlm_reaches_its_stated_bpc():
     # 200 steps of batch 16 (a quarter of the default budget): measured 3.17-3.20 bits/char over seeds
-    # 0-2; the text's unigram entropy, what a model without context reaches, is about 4.6
+    # 0-2; the text's unigram entropy, what a model without context reaches, is 4.46
     split = charlm_split()
     counts = torch.bincount(split.train, minlength=CHARLM_VOCAB).double()
     probs = counts[counts > 0] / counts.sum()
@@ -61,7 +61,7 @@ def test_charlm_reaches_its_stated_bpc():
     bpc = result.setups[0].runs[0].metrics["val_bpc"]
     assert result.metric_names == ["val_loss", "val_bpc"]
     assert bpc == pytest.approx(result.setups[0].runs[0].metrics["val_loss"] / math.log(2))
-    assert bpc < 3.4 < unigram_bits - 1, (bpc, unigram_bits)
+    assert bpc < 3.4 and unigram_bits > 4.2, (bpc, unigram_bits)
 
 
 def _small(seeds):
