@@ -10,8 +10,8 @@ import pytest
 from matplotlib.image import imread
 
 from torchstep.cli import main
-from torchstep.cli.setups import PRESETS, SetupError, parse_setup
 from torchstep.schedules import preview, schedule_from_spec, warmup_cosine
+from torchstep.setups import PRESETS, SetupError, parse_setup
 
 
 def _run(*argv, cwd=None, stderr=None):
@@ -192,7 +192,7 @@ def test_every_modern_preset_builds_and_steps():
     import torch
 
     from torchstep.cli.compare import _mode
-    from torchstep.cli.setups import EXTRA_PRESETS, parse_setup
+    from torchstep.setups import EXTRA_PRESETS, parse_setup
     from torchstep.tasks import digits_model
 
     for name in EXTRA_PRESETS:

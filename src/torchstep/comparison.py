@@ -39,6 +39,9 @@ import torch
 from torchstep.params import param_groups
 from torchstep.schedules import Scaled
 
+from .optim.lr_scheduler import ScheduledLR
+from .setups import PRESETS, SetupError, default_lr, parse_setup
+from .tables import markdown_table
 from .tasks import BUILTIN_TASKS, Task
 
 TUNE_FACTORS = tuple(10.0 ** (k / 2) for k in range(-2, 3))  # 0.1, 0.316, 1, 3.16, 10
@@ -121,7 +124,6 @@ class Comparison:
 
     def table(self) -> str:
         """The results as a Markdown table (mean ± std over the seeds)."""
-        from .cli.output import markdown_table
 
         columns: list[tuple[str, str, Callable[[float], str]]] = [
             ("lr (tuned)" if self.tuned else "lr", "lr", lambda v: f"{v:.3g}"),
@@ -281,7 +283,6 @@ def _accuracy(outputs: Any, targets: Any) -> tuple[int, int] | None:
 
 def _train(task: Task, setup: Any, seed: int, epochs: int, steps_per_epoch: int, target: float | None,
            bar: Any) -> SeedRun:
-    from torchstep.optim.lr_scheduler import ScheduledLR
 
     torch.manual_seed(seed)
     model = task.model(seed)
@@ -345,7 +346,6 @@ def _train(task: Task, setup: Any, seed: int, epochs: int, steps_per_epoch: int,
 
 def _scaled(setup: Any, factor: float) -> Any:
     """``setup`` with its lr and whole schedule multiplied by ``factor``."""
-    from .cli.setups import default_lr
 
     kwargs = dict(setup.kwargs)
     kwargs["lr"] = float(kwargs.get("lr", default_lr(setup.optimizer))) * factor
@@ -382,7 +382,7 @@ def compare(
     """Train ``task`` with each setup and return a :class:`Comparison`.
 
     ``setups``: preset names or ``Optimizer(...)+schedule(...)`` strings (see
-    :mod:`torchstep.cli.setups`); default all presets. ``task``: a :class:`~torchstep.tasks.Task` or a
+    :mod:`torchstep.setups`); default all presets. ``task``: a :class:`~torchstep.tasks.Task` or a
     built-in task's name. ``epochs``: the budget per run (default ``task.epochs``). ``seeds``: a count
     (seeds 0..N-1) or the seeds themselves. ``tune_lr``: pick each setup's lr on a log-grid first
     (module docstring), each grid run lasting ``tune_fraction`` of the epochs (at least one).
@@ -392,9 +392,8 @@ def compare(
     the current run (``set_description``) and its postfix the last epoch's loss.
 
     Raises :class:`TaskError` for a task that does not follow the protocol and
-    :class:`torchstep.cli.setups.SetupError` for a setup that cannot be built.
+    :class:`torchstep.setups.SetupError` for a setup that cannot be built.
     """
-    from .cli.setups import PRESETS, parse_setup
 
     task = resolve_task(task)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -450,7 +449,6 @@ def compare(
 
 
 def _lr_of(setup: Any) -> float:
-    from .cli.setups import default_lr
 
     return float(setup.kwargs.get("lr", default_lr(setup.optimizer)))
 
@@ -458,7 +456,6 @@ def _lr_of(setup: Any) -> float:
 def _warm_up(task: Task, setup: Any, probe: _Probe, seed: int) -> None:
     """One step on a throwaway model: checks the optimizer's arguments before any run starts, and
     compiles (or loads) the fused kernel outside the timing."""
-    from .cli.setups import SetupError
 
     torch.manual_seed(seed)
     model = task.model(seed)

@@ -12,12 +12,19 @@ import sys
 
 import torch
 
-from torchstep.comparison import TUNE_FACTORS, TUNE_FRACTION, Comparison, TaskError, _mode, compare  # noqa: F401
+from torchstep.comparison import (  # noqa: F401
+    TUNE_FACTORS,
+    TUNE_FRACTION,
+    Comparison,
+    TaskError,
+    _mode,
+    compare,
+)
 from torchstep.lr_finder import ema
 
+from ..setups import EXTRA_PRESETS, PRESETS, SetupError
 from .errors import UserError
 from .output import check_minimums, load_task, progress_bars, require, writable
-from .setups import EXTRA_PRESETS, PRESETS, SetupError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,9 +15,10 @@ from torchstep.lr_finder import DIVERGE, RULES, check_sweep, lr_find
 from torchstep.params import param_groups
 from torchstep.tasks import digits_model
 
+from ..setups import SetupError, parse_setup
+from ..tables import markdown_table
 from .errors import UserError
-from .output import check_minimums, digits_data, load_task, markdown_table, require, writable
-from .setups import SetupError, parse_setup
+from .output import check_minimums, digits_data, load_task, require, writable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

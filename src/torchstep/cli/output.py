@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torchstep.tasks import load_digits
 
@@ -78,18 +78,6 @@ def writable(path: str | None, what: str) -> Path | None:
     if not out.parent.is_dir():
         raise UserError(f"cannot write the {what} to {path}: folder {str(out.parent)!r} does not exist")
     return out
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """A Markdown table padded to line up in a terminal; ``right[i]`` right-aligns column ``i``."""
-    widths = [max(len(str(r[c])) for r in [headers, *rows]) for c in range(len(headers))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).rjust(w) if r else str(c).ljust(w)
-                                 for c, w, r in zip(cells, widths, right)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right)) + "|"
-    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
 def load_task(target: str, batch_size: int | None = None) -> Any:

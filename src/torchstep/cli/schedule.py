@@ -7,8 +7,9 @@ import argparse
 from torchstep.schedules import plot, preview, schedule_from_spec
 from torchstep.schedules.spec import SPEC_NAMES
 
+from ..tables import markdown_table
 from .errors import UserError
-from .output import check_minimums, markdown_table, require, writable
+from .output import check_minimums, require, writable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
