@@ -24,10 +24,7 @@ from typing import Any
 
 import torch
 
-if torch.distributed.is_available():
-    from torch.distributed.tensor import DTensor, Partial
-else:  # a torch built without distributed support has no DTensor
-    DTensor = Partial = None
+from ..core.dtensors import DTensor, Partial
 
 _T = torch.Tensor
 _dtype_of = operator.attrgetter("dtype")

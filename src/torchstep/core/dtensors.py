@@ -8,28 +8,26 @@ the value an unsharded run computes -- a plain tensor for a per-tensor number, a
 placements have no partial one for a tensor of values (Adafactor's row and column norms).
 
 Every function here returns plain tensors unchanged, so plain parameters keep their exact
-arithmetic; ``torch.distributed.tensor`` is looked at only once something has imported it.
+arithmetic. This module is where torchstep imports DTensor (the fused backend's plans take it from
+here too).
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
 
-
-def _dtensor_type() -> type | None:
-    """The DTensor class, or None while ``torch.distributed.tensor`` is not imported (no DTensor
-    can exist then, and a plain program does not pay for the import)."""
-    module = sys.modules.get("torch.distributed.tensor")
-    return getattr(module, "DTensor", None)
+if torch.distributed.is_available():
+    import torch.distributed.tensor as dt
+    from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
+else:  # a torch built without distributed support has no DTensor
+    dt = DTensor = Partial = Replicate = distribute_tensor = None
 
 
 def is_dtensor(t: Any) -> bool:
     """Whether ``t`` is a DTensor (an ``nn.Parameter`` wrapping one included)."""
-    cls = _dtensor_type()
-    return cls is not None and isinstance(t, cls)
+    return DTensor is not None and isinstance(t, DTensor)
 
 
 def whole(t: torch.Tensor) -> torch.Tensor:
@@ -43,8 +41,6 @@ def whole(t: torch.Tensor) -> torch.Tensor:
         return t.full_tensor()
     if not any(pl.is_partial() for pl in t.placements):
         return t
-    from torch.distributed.tensor import Replicate
-
     return t.redistribute(t.device_mesh, [Replicate() if pl.is_partial() else pl for pl in t.placements])
 
 
@@ -72,14 +68,13 @@ def whole_all(values: list) -> list:
             batches.setdefault((id(v.device_mesh), tuple(v.placements), v.dtype), []).append(i)
         else:
             out[i] = whole(v)
-    dtensor = _dtensor_type()
     for members in batches.values():
         first = values[members[0]]
         if len(members) == 1:
             out[members[0]] = whole(first)
             continue
         local = torch.stack([values[i]._local_tensor for i in members])
-        combined = dtensor.from_local(local, first.device_mesh, first.placements, run_check=False).full_tensor()
+        combined = DTensor.from_local(local, first.device_mesh, first.placements, run_check=False).full_tensor()
         for k, i in enumerate(members):
             out[i] = combined[k]
     return out
@@ -94,9 +89,6 @@ def zeros_reduced(like: torch.Tensor, shape: tuple, dim: int) -> torch.Tensor:
     ``like``, plain zeros."""
     if not is_dtensor(like):
         return like.new_zeros(shape)
-    import torch.distributed.tensor as dt
-    from torch.distributed.tensor import Replicate
-
     dim = dim % like.dim()
     if tuple(shape) == tuple(like.shape):  # dimension ``dim`` has size 1 already: laid out as ``like``
         placements = like.placements
@@ -124,6 +116,4 @@ def local_part(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     takes its own slice, with no communication. For a plain ``like``, ``full`` itself."""
     if not is_dtensor(like):
         return full
-    from torch.distributed.tensor import distribute_tensor
-
     return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
