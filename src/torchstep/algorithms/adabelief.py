@@ -106,7 +106,7 @@ def update(p, g, exp_avg, exp_avg_var, max_exp_avg_var=None, *, beta1, beta2, ep
 
 
 ADABELIEF_ALGORITHM = Algorithm(
-    name="adabelief", state_names=state_names, scalars=scalars, update=update,
+    name="adabelief", nonnegative_state=("exp_avg_var", "max_exp_avg_var"), state_names=state_names, scalars=scalars, update=update,
     sparse_error="AdaBelief does not support sparse gradients, please consider SparseAdam instead",
 )
 

@@ -44,7 +44,7 @@ def update(p, g, square_avg, acc_delta, *, lr, rho, eps) -> None:
 
 
 ADADELTA_ALGORITHM = Algorithm(
-    name="adadelta", state_names=state_names, scalars=scalars, update=update,
+    name="adadelta", nonnegative_state=("square_avg", "acc_delta"), state_names=state_names, scalars=scalars, update=update,
     sparse_error="Adadelta does not support sparse gradients",
 )
 

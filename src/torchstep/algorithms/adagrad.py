@@ -60,7 +60,7 @@ def sparse_update(p, g, sum, *, clr, eps) -> None:  # noqa: A002
 
 
 ADAGRAD_ALGORITHM = Algorithm(
-    name="adagrad", state_names=state_names, scalars=scalars, update=update, init=init,
+    name="adagrad", nonnegative_state=("sum",), state_names=state_names, scalars=scalars, update=update, init=init,
     sparse_update=sparse_update, sparse_weight_decay=False,
     lazy_state=True,  # the accumulator is created at the first step (torch: at construction)
 )

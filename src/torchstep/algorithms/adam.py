@@ -62,7 +62,7 @@ def update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, beta1, beta2, step
 
 
 ADAM_ALGORITHM = Algorithm(
-    name="adam", state_names=state_names, scalars=scalars, update=update,
+    name="adam", nonnegative_state=("exp_avg_sq", "max_exp_avg_sq"), state_names=state_names, scalars=scalars, update=update,
     sparse_error="Adam does not support sparse gradients, please consider SparseAdam instead",
 )
 

@@ -44,7 +44,7 @@ def update(p, g, exp_avg, exp_inf, *, beta1, beta2, eps, clr) -> None:
 
 
 ADAMAX_ALGORITHM = Algorithm(
-    name="adamax", state_names=state_names, scalars=scalars, update=update,
+    name="adamax", nonnegative_state=("exp_inf",), state_names=state_names, scalars=scalars, update=update,
     sparse_error="Adamax does not support sparse gradients",
 )
 

@@ -92,7 +92,7 @@ def update(p, g, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, *, beta1, beta
 
 
 ADAN_ALGORITHM = Algorithm(
-    name="adan", state_names=lambda group: STATE, scalars=scalars, update=update,
+    name="adan", nonnegative_state=("exp_avg_sq",), state_names=lambda group: STATE, scalars=scalars, update=update,
     sparse_error="Adan does not support sparse gradients",
 )
 

@@ -91,7 +91,7 @@ def update(p, g, exp_avg, exp_avg_sq, exp_avg_slow, *, lr, beta1, beta2, eps, be
 
 
 ADEMAMIX_ALGORITHM = Algorithm(
-    name="ademamix", state_names=lambda group: ("exp_avg", "exp_avg_sq", "exp_avg_slow"), scalars=scalars,
+    name="ademamix", nonnegative_state=("exp_avg_sq",), state_names=lambda group: ("exp_avg", "exp_avg_sq", "exp_avg_slow"), scalars=scalars,
     update=update, sparse_error="AdEMAMix does not support sparse gradients",
 )
 

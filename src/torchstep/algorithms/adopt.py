@@ -71,7 +71,7 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, initial, clip) -
 
 
 ADOPT_ALGORITHM = Algorithm(
-    name="adopt", state_names=lambda group: ("exp_avg", "exp_avg_sq"), scalars=scalars, update=update,
+    name="adopt", nonnegative_state=("exp_avg_sq",), state_names=lambda group: ("exp_avg", "exp_avg_sq"), scalars=scalars, update=update,
     sparse_error="ADOPT does not support sparse gradients",
 )
 

@@ -78,7 +78,7 @@ def update(p, g, ax, *, lambd, next_eta, next_mu, eta, mu, reset_average) -> Non
 
 
 ASGD_ALGORITHM = Algorithm(
-    name="asgd", state_names=state_names, scalars=scalars, update=update, init=init,
+    name="asgd", exact_state=("ax",), state_names=state_names, scalars=scalars, update=update, init=init,
     scalar_state=("eta", "mu"), advance=advance, sparse_error="ASGD does not support sparse gradients",
 )
 

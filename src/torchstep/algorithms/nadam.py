@@ -88,7 +88,7 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, bias_correction2
 
 
 NADAM_ALGORITHM = Algorithm(
-    name="nadam", state_names=state_names, scalars=scalars, update=update, init=init,
+    name="nadam", nonnegative_state=("exp_avg_sq",), state_names=state_names, scalars=scalars, update=update, init=init,
     scalar_state=("mu_product",), advance=advance, sparse_error="NAdam does not support sparse gradients",
 )
 

@@ -73,7 +73,7 @@ def update(p, g, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, bias_correction1
 
 
 RADAM_ALGORITHM = Algorithm(
-    name="radam", state_names=state_names, scalars=scalars, update=update,
+    name="radam", nonnegative_state=("exp_avg_sq",), state_names=state_names, scalars=scalars, update=update,
     sparse_error="RAdam does not support sparse gradients",
 )
 

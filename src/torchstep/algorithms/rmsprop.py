@@ -63,7 +63,7 @@ def update(p, g, square_avg, momentum_buffer=None, grad_avg=None, *, lr, alpha, 
 
 
 RMSPROP_ALGORITHM = Algorithm(
-    name="rmsprop", state_names=state_names, scalars=scalars, update=update,
+    name="rmsprop", nonnegative_state=("square_avg",), state_names=state_names, scalars=scalars, update=update,
     sparse_error="RMSprop does not support sparse gradients",
 )
 

@@ -64,7 +64,7 @@ def update(p, g, prev, step_size, *, etaminus, etaplus, step_size_min, step_size
 
 
 RPROP_ALGORITHM = Algorithm(
-    name="rprop", state_names=state_names, scalars=scalars, update=update, init=init,
+    name="rprop", nonnegative_state=("step_size",), state_names=state_names, scalars=scalars, update=update, init=init,
     sparse_error="Rprop does not support sparse gradients",
 )
 

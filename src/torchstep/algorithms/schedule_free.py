@@ -111,12 +111,12 @@ def update(p, g, z, exp_avg_sq=None, *, lr, ckp1, y_coef, decay, has_decay, beta
 
 
 SGD_SCHEDULE_FREE = Algorithm(
-    name="sgd_schedule_free", state_names=lambda group: ("z",), scalars=sgd_scalars, update=update, init=init_sgd,
+    name="sgd_schedule_free", exact_state=("z",), state_names=lambda group: ("z",), scalars=sgd_scalars, update=update, init=init_sgd,
     counts_steps=False, applies_weight_decay=True,
     sparse_error="SGDScheduleFree does not support sparse gradients",
 )
 ADAMW_SCHEDULE_FREE = Algorithm(
-    name="adamw_schedule_free", state_names=lambda group: ("z", "exp_avg_sq"), scalars=adamw_scalars, update=update,
+    name="adamw_schedule_free", exact_state=("z",), nonnegative_state=("exp_avg_sq",), state_names=lambda group: ("z", "exp_avg_sq"), scalars=adamw_scalars, update=update,
     init=init_adamw, counts_steps=False, applies_weight_decay=True,
     sparse_error="AdamWScheduleFree does not support sparse gradients",
 )

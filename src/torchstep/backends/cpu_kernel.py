@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..core import lowbit
 from . import kernel_cache
 from .codegen import render
 from .trace import Program
@@ -178,36 +179,142 @@ def uniform_steps(program: Program) -> list[tuple]:
     return cached
 
 
-def generate(program: Program, dtype: torch.dtype) -> str:
+def _c_floats(name: str, values: torch.Tensor) -> str:
+    """A static float array holding ``values`` exactly (hexadecimal literals)."""
+    return f"static const float {name}[{values.numel()}] = {{" + ", ".join(float(v).hex() + "f" for v in values.tolist()) + "};"
+
+
+_LOWBIT_HELPERS = """
+static inline uint8_t code_search(const float *mid, float x) {  /* how many midpoints lie below x */
+  int idx = 0;
+  for (int s = 128; s > 0; s >>= 1) if (idx + s <= 255 && mid[idx + s - 1] < x) idx += s;
+  return (uint8_t)idx;
+}
+static inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16; return x;
+}
+static inline uint16_t bf16_store_sr(float f, uint32_t r) {  /* r: 16 random bits */
+  union { uint32_t u; float f; } v; v.f = f;
+  const uint32_t mag = v.u & 0x7fffffffu;
+  if (mag > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40u);
+  if (mag == 0x7f800000u) return (uint16_t)(v.u >> 16);
+  return (uint16_t)((v.u + r) >> 16);
+}
+"""
+
+
+def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), rounding: str = "") -> str:
     """The C source of ``program`` for tensors of ``dtype``; ``args`` holds the values of
-    :func:`uniform_nodes`, in order."""
+    :func:`uniform_nodes`, in order (then, with stochastic rounding, the seed and the group's
+    rounding step). ``forms``: how each state operand (the inputs after ``p`` and ``g``) is held
+    (:mod:`torchstep.core.lowbit`; all full precision if empty); ``rounding``: how ``p`` is
+    written ("sr", "kahan" or to nearest). int8 state turns the loop into blocks of
+    :data:`~torchstep.core.lowbit.BLOCK` elements: the block's values are computed into a local
+    buffer, then its scale is the largest magnitude and each value is coded to the nearest
+    code-map value."""
     ctype, suffix, storage, load_fmt, store_fn = _C_TYPES[dtype]
+    nin = len(program.inputs)
+    forms = tuple(forms) or (lowbit.FULL,) * (nin - 2)
+    form = {k: (forms[k - 2] if k >= 2 else lowbit.FULL) for k in range(nin)}
+    quantized = [k for k in range(nin) if form[k] in lowbit.INT8_FORMS]
     slots = {node: k for k, node in enumerate(uniform_nodes(program))}
+    nuniform = len(slots)
     head = [f"  const {ctype} c{i} = ({ctype})args[{k}];" for i, k in slots.items()]
     body = []
     ref = lambda j: f"c{j}" if j in slots else f"v{j}"  # noqa: E731
+
+    def load(k: int) -> str:
+        if form[k] == lowbit.BF16:
+            return f"({ctype})bf16_load(x{k}[i])"
+        if form[k] in lowbit.INT8_FORMS:
+            return f"({ctype})(CODE{k}[x{k}[i]] * sc{k})"
+        return load_fmt.format(f"x{k}[i]")
+
     for i, node in enumerate(program.nodes):
         if i in slots:
             continue
         if node[0] == "in":
-            body.append(f"      const {ctype} v{i} = {load_fmt.format(f'x{node[1]}[i]')};")
+            body.append(f"      const {ctype} v{i} = {load(node[1])};")
         elif node[0] == "tin":
             body.append(f"      const {ctype} v{i} = s{node[1]};")
         else:
             body.append(f"      const {ctype} v{i} = {_expr(node, ref, True, ctype, suffix)};")
-    stores = [f"      x{program.inputs.index(n)}[i] = {store_fn}({'c' if j in slots else 'v'}{j});"
-              for n, j in program.outputs.items()]
-    nin = len(program.inputs)
-    ptrs = [f"    {storage} *restrict x{k} = (({storage} *const *)ptrs[{k}])[t] + start;" for k in range(nin)]
-    ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{nin + k}])[t];"
+    stores = []
+    written_q = []
+    for n, j in program.outputs.items():
+        k = program.inputs.index(n)
+        value = f"{'c' if j in slots else 'v'}{j}"
+        if form[k] == lowbit.BF16:
+            stores.append(f"      x{k}[i] = bf16_store((float){value});")
+        elif form[k] in lowbit.INT8_FORMS:
+            written_q.append(k)
+            stores.append(f"      {{ const float q = (float){value}; q{k}[i - b0] = q; m{k} = fmaxf(m{k}, fabsf(q)); "
+                          f"nan{k} |= (q != q); }}")
+        elif k == 0 and rounding == "sr":
+            stores.append(f"      x0[i] = bf16_store_sr((float){value}, mix32((uint32_t)(start + i) ^ key) & 0xffffu);")
+        elif k == 0 and rounding == "kahan":
+            old = f"v{program.input_node('p')}"
+            stores.append(f"      {{ const float y = ((float){value} - {old}) + bf16_load(kc[i]); const uint16_t pn = "
+                          f"bf16_store({old} + y); x0[i] = pn; kc[i] = bf16_store(y - (bf16_load(pn) - {old})); }}")
+        else:
+            stores.append(f"      x{k}[i] = {store_fn}({value});")
+    table = nin
+    ptrs = []
+    for k in range(nin):
+        kind = {lowbit.BF16: "uint16_t", lowbit.INT8_SIGNED: "uint8_t", lowbit.INT8_UNSIGNED: "uint8_t"}.get(form[k], storage)
+        ptrs.append(f"    {kind} *restrict x{k} = (({kind} *const *)ptrs[{k}])[t] + start;")
+    for k in quantized:
+        ptrs.append(f"    float *restrict a{k} = ((float *const *)ptrs[{table}])[t];")
+        table += 1
+    if rounding == "kahan":
+        ptrs.append(f"    uint16_t *restrict kc = ((uint16_t *const *)ptrs[{table}])[t] + start;")
+        table += 1
+    if rounding == "sr":
+        ptrs.append(f"    const uint32_t key = mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ rstep) ^ "
+                    f"(uint32_t)((const int64_t *)ptrs[{table}])[t]);")
+        table += 1
+    ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{table + k}])[t];"
              for k in range(len(program.per_tensor))]
     sums = [f"r{r}" for r in range(len(program.reductions))]
     body += [f"      {{ const double d = (double){ref(j)}; r{r} += {'d * d' if sq else 'd'}; }}"
              for r, (j, sq) in enumerate(zip(program.reductions.values(), program.squared()))]
+    tables = [_c_floats(f"CODE{k}", lowbit.CODES[form[k]]) for k in quantized]
+    tables += [_c_floats(f"MID{k}", lowbit.MIDPOINTS[form[k]]) for k in written_q]
+    if rounding == "sr":
+        head += [f"  const uint32_t seed = (uint32_t)(int64_t)args[{nuniform}];",
+                 f"  const uint32_t rstep = (uint32_t)(int64_t)args[{nuniform + 1}];"]
+    simd = "    #pragma omp simd" + (f" reduction(+:{','.join(sums)})" if sums else "")
+    if quantized:
+        if sums:
+            raise KernelUnavailable("int8 state with per-tensor reductions has no C kernel")
+        reductions = "".join(f" reduction(max:m{k}) reduction(|:nan{k})" for k in written_q)
+        loop = [
+            f"    for (int64_t b0 = 0; b0 < n; b0 += {lowbit.BLOCK}) {{",
+            f"      const int64_t bend = n - b0 < {lowbit.BLOCK} ? n : b0 + {lowbit.BLOCK};",
+            f"      const int64_t blk = (start + b0) / {lowbit.BLOCK};",
+            *(f"      const float sc{k} = a{k}[blk];" for k in quantized),
+            *(f"      float q{k}[{lowbit.BLOCK}]; float m{k} = 0; int nan{k} = 0;" for k in written_q),
+            "      #pragma omp simd" + reductions,
+            "      for (int64_t i = b0; i < bend; ++i) {",
+            *body, *stores,
+            "      }",
+        ]
+        for k in written_q:
+            loop += [
+                f"      {{ const float am = nan{k} ? NAN : m{k}; a{k}[blk] = am;",
+                "        const float inv = am > 0 ? 1.0f / am : 0.0f;",
+                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_search(MID{k}, q{k}[j] * inv); }}",
+            ]
+        loop.append("    }")
+    else:
+        loop = [simd, "    for (int64_t i = 0; i < n; ++i) {", *body, *stores, "    }"]
+    half = dtype in (torch.bfloat16, torch.float16) or any(f != lowbit.FULL for f in forms) or rounding
     return "\n".join([
         "#include <math.h>",
         "#include <stdint.h>",
-        _HALF_HELPERS if dtype in (torch.bfloat16, torch.float16) else "",
+        _HALF_HELPERS if half else "",
+        _LOWBIT_HELPERS if (quantized or rounding) else "",
+        *tables,
         "void step(int64_t nchunks, const int64_t *chunk_tensor, const int64_t *chunk_start, const int64_t *chunk_len,",
         "          void *const *const *ptrs, const double *args, double *sums, int nthreads) {",
         *head,
@@ -216,10 +323,7 @@ def generate(program: Program, dtype: torch.dtype) -> str:
         "    const int64_t t = chunk_tensor[c], start = chunk_start[c], n = chunk_len[c];",
         *ptrs,
         *(f"    double {r} = 0;" for r in sums),
-        "    #pragma omp simd" + (f" reduction(+:{','.join(sums)})" if sums else ""),
-        "    for (int64_t i = 0; i < n; ++i) {",
-        *body, *stores,
-        "    }",
+        *loop,
         *(f"    sums[{r} * nchunks + c] = r{r};" for r in range(len(sums))),
         "  }",
         "}",

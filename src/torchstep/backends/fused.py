@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..core import wrappers
+from ..core import lowbit, wrappers
 from ..core.state import ensure_state
 from . import cpu_kernel, triton_kernel
 from . import plan as plan_mod
@@ -41,8 +41,8 @@ _programs = FunctionCache()
 class CKernel:
     """A compiled C/OpenMP kernel for CPU tensors."""
 
-    def __init__(self, program, dtype: torch.dtype) -> None:
-        self.lib = cpu_kernel.load(cpu_kernel.generate(program, dtype))
+    def __init__(self, program, dtype: torch.dtype, forms: tuple = (), rounding: str = "") -> None:
+        self.lib = cpu_kernel.load(cpu_kernel.generate(program, dtype, forms, rounding))
 
     def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None,
             sums: torch.Tensor | None = None) -> None:
@@ -76,7 +76,9 @@ class Launch:
 class TritonKernel:
     """A Triton kernel (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``)."""
 
-    def __init__(self, program, dtype: torch.dtype, device: torch.device | None = None) -> None:
+    def __init__(self, program, dtype: torch.dtype, forms: tuple = (), rounding: str = "") -> None:
+        if any(f != lowbit.FULL for f in forms) or rounding:
+            raise cpu_kernel.KernelUnavailable("no Triton kernel yet for state_dtype, stochastic_rounding or kahan")
         self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype))
 
     def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None,
@@ -108,7 +110,7 @@ class _Failed:
 
 
 def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: torch.dtype, unscale: bool,
-            kind: str = "c"):
+            kind: str = "c", forms: tuple = (), rounding: str = ""):
     """The kernel (and its program) for this update function, structure, dtype and kernel kind.
     Raises :class:`~.cpu_kernel.KernelUnavailable` when there is none; a structure the tracer
     cannot model is remembered for that structure only."""
@@ -116,7 +118,7 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
     has_wd = not algo.applies_weight_decay and (isinstance(wd, torch.Tensor) or wd != 0)
     decoupled = has_wd and bool(group.get("decoupled_weight_decay", False))  # read only when it matters, as torch
     flags = (bool(group.get("maximize", False)), has_wd, decoupled, unscale)
-    structure = (kind, names, dtype, flags, scalar_structure(scalars))
+    structure = (kind, names, dtype, flags, scalar_structure(scalars), forms, rounding)
     found = _programs.get(algo.update, structure)
     if isinstance(found, _Failed):
         raise cpu_kernel.KernelUnavailable(found.reason)
@@ -144,7 +146,13 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
             cpu_kernel.uniform_steps(program)
         except ValueError as exc:
             raise cpu_kernel.KernelUnavailable(_programs.put(algo.update, structure, _Failed(str(exc))).reason) from None
-        found = _programs.put(algo.update, structure, ((CKernel if kind == "c" else TritonKernel)(program, dtype), program))
+        try:
+            runner = (CKernel if kind == "c" else TritonKernel)(program, dtype, forms, rounding)
+        except cpu_kernel.KernelUnavailable as exc:
+            if not (forms or rounding):
+                raise
+            raise cpu_kernel.KernelUnavailable(_programs.put(algo.update, structure, _Failed(str(exc))).reason) from None
+        found = _programs.put(algo.update, structure, (runner, program))
     return found
 
 
@@ -210,13 +218,17 @@ def _forget(opt: Any, p: torch.Tensor, created: list[str]) -> None:
         del opt.state[p]
 
 
-def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_triton: bool) -> Plan:
+def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_triton: bool,
+                layout: tuple = ((), "")) -> Plan:
     """The slow path: sort parameters into fused / reference, check and create state, attach
     counters, group by dtype and kernel kind, and build the pointer tables. Refused for the
     kernel: duplicates (torch updates such a tensor once per occurrence), zero-element tensors,
     subclasses, non-contiguous or mismatched tensors, and tensors sharing memory."""
     algo = opt.algorithm
     all_names = algo.state_names(group)
+    forms, how = layout
+    operands = lowbit.operand_names(names, forms, how) if (forms or how) else names
+    form_of = dict(zip(names, forms))
     occurrences = collections.Counter(map(id, with_grad))
     params, leftover, states, firsts, created = [], [], [], [], []
     for p in with_grad:
@@ -232,7 +244,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         before = set(state)
         first = ensure_state(algo, p, group, state, all_names)
         made = [k for k in state if k not in before]
-        if not plan_mod.state_fits(p, state, names):
+        if not plan_mod.state_fits(p, state, operands, form_of):
             _forget(opt, p, made)
             leftover.append(p)
             continue
@@ -241,7 +253,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         firsts.append(first)
         created.append(made)
     shard = plan_mod.shard_of
-    shared = plan_mod.overlapping([list(map(shard, params))] + [[shard(s[n]) for s in states] for n in names])
+    shared = plan_mod.overlapping([list(map(shard, params))] + [[shard(s[n]) for s in states] for n in operands])
     if shared:
         for i in sorted(shared):
             _forget(opt, params[i], created[i])
@@ -249,8 +261,9 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         keep = [i for i in range(len(params)) if i not in shared]
         params, states, firsts, created = ([xs[i] for i in keep] for xs in (params, states, firsts, created))
     counted = (("step",) if algo.counts_steps else ()) + tuple(algo.scalar_state)
-    plan = Plan(with_grad, params, leftover, states, names=names, counted=counted, firsts=firsts, created=created,
-                force_triton=force_triton, sharded=any(type(p) is plan_mod.DTensor for p in params))
+    plan = Plan(with_grad, params, leftover, states, names=operands, counted=counted, firsts=firsts, created=created,
+                force_triton=force_triton, sharded=any(type(p) is plan_mod.DTensor for p in params),
+                algo_names=names, forms=forms, rounding=how)
     if params and counted:
         plan.counters.attach(counted, params, states)
     by_kind: dict[tuple, list[int]] = {}
@@ -260,7 +273,10 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         by_kind.setdefault((kernel_kind(p, force_triton), real(p).dtype, plan_mod.layout_key(params[i])), []).append(i)
     for (kind, dtype, _), members in by_kind.items():
         tables = [pointer_table([real(shard(params[i])) for i in members])]
-        tables += [pointer_table([real(shard(states[i][n])) for i in members]) for n in names]
+        tables += [pointer_table([real(shard(states[i][n])) for i in members]) for n in operands]
+        if how == "sr":  # the parameters' numbers, for their rounding bits
+            numbers = opt._param_numbers()
+            tables.append(torch.tensor([numbers[id(params[i])] for i in members], dtype=torch.int64))
         sizes = tuple(real(shard(params[i])).numel() for i in members)
         plan.buckets.append(Bucket(kind, dtype, members, sizes, tables))
     plan.seal()
@@ -293,13 +309,41 @@ def run_fused_kernels(opt: Any, group: dict, cache: dict, grad_scale=None,
         all_grads = [g for g in all_grads if g is not None]
     else:
         with_grad = list(every)
+    options = tuple(group.get(k) for k in lowbit.OPTIONS)
+    if cache.get("lowbit") != options:  # plans made under other options hold state in other forms
+        for key in [k for k in cache if k != "lowbit"]:
+            del cache[key]
+        cache["lowbit"] = options
+    if not lowbit.active(group):
+        return _run_plan(opt, group, cache, with_grad, all_grads, names, ((), ""), grad_scale, force_triton, repeatable)
+    parts: dict[tuple, tuple[list, list]] = {}
+    for p, g in zip(with_grad, all_grads):
+        layout = (lowbit.forms_of(algo, p, group, names), lowbit.rounding(p, group))
+        part = parts.setdefault(layout, ([], []))
+        part[0].append(p)
+        part[1].append(g)
+    leftover: list[torch.Tensor] = []
+    reasons: list[str] = []
+    for layout, (ps, gs) in parts.items():
+        more, why = _run_plan(opt, group, cache.setdefault(("part", layout), {}), ps, gs, names, layout,
+                              grad_scale, force_triton, False)
+        leftover += more
+        reasons += why
+    return leftover, reasons
+
+
+def _run_plan(opt: Any, group: dict, cache: dict, with_grad: list, all_grads: list, names: tuple, layout: tuple,
+              grad_scale, force_triton: bool, repeatable: bool) -> tuple[list[torch.Tensor], list[str]]:
+    """:func:`run_fused_kernels` for the parameters ``with_grad`` whose state is held in one
+    layout (``(forms, rounding)``, see :mod:`torchstep.core.lowbit`; all of them, usually)."""
+    algo = opt.algorithm
     plan = cache.get("plan")
     grads = None
-    if plan is not None and plan.names == names and plan.force_triton == force_triton:
+    if plan is not None and plan.algo_names == names and plan.force_triton == force_triton:
         grads = plan.still_valid(with_grad, all_grads)
     if grads is None:
         cache.pop("plan", None)
-        plan = _build_plan(opt, group, with_grad, names, force_triton)
+        plan = _build_plan(opt, group, with_grad, names, force_triton, layout)
         grads = plan.still_valid(with_grad) if plan.params else []
         if grads is None:  # a gradient shares memory with what the kernel writes
             _roll_back(opt, plan, list(range(len(plan.params))))
@@ -363,6 +407,7 @@ class _Work:
     values: dict
     runner: Any
     program: Any
+    group: dict
 
 
 def _prepare(opt, group, plan: Plan, bucket: Bucket, subset, members, step, first, inv_scale) -> _Work:
@@ -373,9 +418,10 @@ def _prepare(opt, group, plan: Plan, bucket: Bucket, subset, members, step, firs
     if algo.advance is not None:  # the structure advance's scalars give, from copies of the state
         lead = plan.states[members[0]]
         probe = {**scalars, **algo.advance(scalars, **{n: lead[n].clone() for n in algo.scalar_state})}
-    runner, program = _kernel(algo, plan.names, group, probe, bucket.dtype, inv_scale is not None, bucket.kind)
+    runner, program = _kernel(algo, plan.algo_names, group, probe, bucket.dtype, inv_scale is not None, bucket.kind,
+                              plan.forms, plan.rounding)
     values = {"__lr": group["lr"], "__wd": group.get("weight_decay", 0), "__inv_scale": inv_scale}
-    return _Work(bucket, subset, members, scalars, values, runner, program)
+    return _Work(bucket, subset, members, scalars, values, runner, program, group)
 
 
 def _launch(opt, plan: Plan, item: _Work) -> None:
@@ -389,6 +435,9 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
                 plan.counters.broadcast(n, members, lead[n])
     values = {**scalars, **item.values}
     uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.squeeze_scalar(values[k]) for k in item.program.scalars])
+    if plan.rounding == "sr":  # the seed and step the rounding bits are drawn from
+        group = item.group
+        uniform = [*uniform, float(lowbit.seed(group)), float(int(group.get("rounding_step", 0)) & 0xFFFFFFFF)]
     device = plan_mod.shard_of(plan.params[members[0]]).device
     if subset is None:  # the whole bucket: its launch is kept while the gradients stay where they were
         launch = bucket.launch

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..core import lowbit
 from ..core.dtensors import DTensor, Partial
 
 _T = torch.Tensor
@@ -64,13 +65,23 @@ def layout_key(t: Any) -> Any:
     return (id(t._spec.mesh), t._spec.placements) if type(t) is DTensor else None
 
 
-def state_fits(p: torch.Tensor, state: dict, names: tuple[str, ...]) -> bool:
+def state_fits(p: torch.Tensor, state: dict, names: tuple[str, ...], forms: dict | None = None) -> bool:
     """Whether every named state tensor of ``p`` is one a kernel may take beside it: laid out as
     ``p`` is (:func:`same_layout`), plain (its shard, for a DTensor), contiguous, of ``p``'s
-    dtype and on its device."""
-    if not all(same_layout(p, state[n]) for n in names):
+    dtype and on its device -- or, for state held in fewer bits (``forms``, by name; see
+    :mod:`torchstep.core.lowbit`), of the dtype and shape that form has (block scales are plain
+    tensors of the local shard's blocks)."""
+    if not all(name.endswith(lowbit.ABSMAX) or same_layout(p, state[name]) for name in names):
         return False
     p = shard_of(p)
+    if forms and any(f != lowbit.FULL for f in forms.values()) or lowbit.KAHAN in names:
+        for name in names:
+            s = shard_of(state.get(name))
+            if s is None or not is_plain(s) or not s.is_contiguous() or s.device != p.device:
+                return False
+            if (s.dtype, tuple(s.shape)) != lowbit.expected(p, name, forms or {}):
+                return False
+        return True
     return all(is_plain(s) and s.is_contiguous() and s.dtype == p.dtype and s.device == p.device
                for s in map(shard_of, (state[n] for n in names)))
 
@@ -250,6 +261,9 @@ class Plan:
     force_triton: bool = False  # built for Triton kernels on CPU tensors (the tests' interpreter mode)
     passes: dict = field(default_factory=dict)  # staged algorithms: buckets and pointer tables of their passes
     sharded: bool = False  # some fused parameters are DTensors: the kernels see their shards
+    algo_names: tuple[str, ...] = ()  # the algorithm's element-wise state names (``names`` adds scales, buffers)
+    forms: tuple[str, ...] = ()  # how each of ``algo_names`` is held (:mod:`torchstep.core.lowbit`); () all full
+    rounding: str = ""  # how the parameters are written: "sr", "kahan" or to nearest
 
     def seal(self) -> None:
         """Record the metadata every later step is checked against."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..core import wrappers
+from ..core import lowbit, wrappers
 from ..core.state import ensure_state
 
 
@@ -34,6 +34,8 @@ def run_tensor_by_tensor(opt: Any, group: dict, params: list[torch.Tensor] | Non
         if id(p) not in created:
             created[id(p)] = ensure_state(algo, p, group, opt.state[p], names)
     firsts = [created[id(p)] for p in todo]
+    low = lowbit.active(group)
+    numbers = opt._param_numbers() if low else {}
     for p, first in zip(todo, firsts):
         g = p.grad
         state = opt.state[p]
@@ -45,6 +47,9 @@ def run_tensor_by_tensor(opt: Any, group: dict, params: list[torch.Tensor] | Non
         if key not in cache:
             cache[key] = algo.scalars(group, step, first)
         scalars = cache[key]
+        if low:
+            update_in_low_precision(algo, p, g, state, names, group, scalars, numbers.get(id(p), -1))
+            continue
         g = wrappers.prepare_grad(p, g, group, sparse_weight_decay=algo.sparse_weight_decay,
                                   weight_decay=not algo.applies_weight_decay)
         tensors = {n: state[n] for n in names}
@@ -60,3 +65,37 @@ def run_tensor_by_tensor(opt: Any, group: dict, params: list[torch.Tensor] | Non
         else:
             real = {n: wrappers.as_real(t) for n, t in tensors.items()}
             algo.update(wrappers.as_real(p), wrappers.as_real(g), **real, **scalars)
+
+
+def update_in_low_precision(algo: Any, p: torch.Tensor, g: torch.Tensor, state: dict, names: tuple, group: dict,
+                            scalars: dict, number: int) -> None:
+    """One parameter's step under the options of :mod:`torchstep.core.lowbit`, written from their
+    definitions (the oracle of the fused kernels): the state is read in full precision, the
+    update runs as usual -- in float32 for a bfloat16 parameter rounded stochastically or with
+    Kahan compensation -- and the state is written back in its form, the parameter rounded as
+    asked."""
+    how = lowbit.rounding(p, group)
+    work = torch.float32 if how else p.dtype
+    pw = p.detach().to(work) if how else p
+    old = pw.clone() if how == "kahan" else None
+    gw = g.to(work) if how else g
+    gw = wrappers.prepare_grad(pw, gw, group, sparse_weight_decay=algo.sparse_weight_decay,
+                               weight_decay=not algo.applies_weight_decay)
+    element = [n for n in names if n not in algo.scalar_state]
+    tensors = {n: lowbit.full_value(algo, state, n, p, work) for n in element}
+    if algo.advance is not None:
+        scalars = {**scalars, **algo.advance(scalars, **{n: state[n] for n in algo.scalar_state})}
+    if gw.is_sparse:
+        algo.sparse_update(pw, gw, **tensors, **scalars)
+    else:
+        algo.update(wrappers.as_real(pw), wrappers.as_real(gw), **{n: wrappers.as_real(t) for n, t in tensors.items()},
+                    **scalars)
+    for n, t in tensors.items():
+        lowbit.write_value(algo, state, n, p, t)
+    local = lowbit._local
+    if how == "sr":
+        key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
+        bits = lowbit.random_bits(key, local(p).numel(), p.device)
+        local(p).copy_(lowbit.round_stochastic(local(pw).float(), bits).view(local(p).shape))
+    elif how == "kahan":
+        lowbit.kahan_write(local(p), local(old), local(pw), local(state[lowbit.KAHAN]))

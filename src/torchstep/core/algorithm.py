@@ -69,6 +69,11 @@ class Algorithm:
     # buffer, which torch reads with ``.get``); otherwise a parameter's state is created whole
     # at its first step, and a loaded non-empty state lacking an entry is a KeyError (as in torch)
     lazy_state: bool = False
+    # for ``state_dtype`` (:mod:`torchstep.core.lowbit`): state that is never negative (coded with
+    # the unsigned map), and state that always keeps the parameter's dtype (a copy or average of
+    # the weights, which fewer bits would corrupt)
+    nonnegative_state: tuple[str, ...] = ()
+    exact_state: tuple[str, ...] = ()
 
     def elementwise_names(self, group: dict) -> tuple[str, ...]:
         """The state tensors ``update`` takes: ``state_names`` less ``scalar_state``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import warnings
 from collections import OrderedDict, defaultdict
 from copy import deepcopy
@@ -20,7 +21,7 @@ import torch
 import torch.optim.optimizer as _torch_optimizer
 from torch.utils.hooks import RemovableHandle
 
-from . import check, runner
+from . import check, checkpoint, lowbit, runner
 from .algorithm import Algorithm
 from .state import new_step_tensor
 
@@ -102,6 +103,39 @@ def _with_step_hooks(step: Callable, traced: Callable | None = None) -> Callable
     return dispatching_step
 
 
+def _with_lowbit_options(init: Callable) -> Callable:
+    """A subclass's ``__init__`` that also takes the keywords ``state_dtype``,
+    ``stochastic_rounding`` and ``kahan`` (:mod:`torchstep.core.lowbit`): set ones become
+    defaults, and options of every group that does not set its own."""
+    if getattr(init, "_torchstep_lowbit", False):
+        return init
+
+    @functools.wraps(init)
+    def init_with_options(self, *args: Any, state_dtype: Any = None, stochastic_rounding: Any = False,
+                          kahan: Any = False, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        given = {"state_dtype": state_dtype, "stochastic_rounding": stochastic_rounding, "kahan": kahan}
+        chosen = {k: v for k, v in given.items() if v is not None and v is not False}
+        if chosen:
+            self.defaults.update(chosen)
+            for group in self.param_groups:
+                for k, v in chosen.items():
+                    group.setdefault(k, v)
+                lowbit.check_group(self.algorithm, group, type(self).__name__)
+
+    try:
+        sig = inspect.signature(init)
+        extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=d)
+                 for k, d in (("state_dtype", None), ("stochastic_rounding", False), ("kahan", False))]
+        params = [q for q in sig.parameters.values() if q.kind is not inspect.Parameter.VAR_KEYWORD]
+        tail = [q for q in sig.parameters.values() if q.kind is inspect.Parameter.VAR_KEYWORD]
+        init_with_options.__signature__ = sig.replace(parameters=params + extra + tail)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        pass
+    init_with_options._torchstep_lowbit = True  # type: ignore[attr-defined]
+    return init_with_options
+
+
 def _add_hook(hooks: OrderedDict, hook: Callable, prepend: bool) -> RemovableHandle:
     handle = RemovableHandle(hooks)
     hooks[handle.id] = hook
@@ -155,6 +189,8 @@ class Optimizer(torch.optim.Optimizer):
         super().__init_subclass__(**kwargs)
         if "step" in cls.__dict__:
             cls.step = _with_step_hooks(cls.__dict__["step"])  # type: ignore[method-assign]
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_lowbit_options(cls.__dict__["__init__"])  # type: ignore[method-assign]
         cls._step_hooks_plain = all(getattr(cls, n) is getattr(Optimizer, n) for n in Optimizer._STEP_HOOKS)
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
@@ -248,6 +284,7 @@ class Optimizer(torch.optim.Optimizer):
                 )
         if not existing.isdisjoint(tensors):
             raise ValueError("some parameters appear in more than one parameter group")
+        lowbit.check_group(self.algorithm, param_group, type(self).__name__)
         self.param_groups.append(param_group)
 
     # -- stepping -------------------------------------------------------------------------
@@ -276,6 +313,7 @@ class Optimizer(torch.optim.Optimizer):
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for index, group in enumerate(self.param_groups):
+                lowbit.advance_rounding(group)
                 if paths is not None:
                     check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
                 keeps_state = self.algorithm.counts_steps or bool(self.algorithm.state_names(group))
@@ -381,8 +419,12 @@ class Optimizer(torch.optim.Optimizer):
 
     # -- state_dict -----------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, *, compact: bool = False) -> dict[str, Any]:
         """The optimizer's state in torch's format: ``{"state": {int: {...}}, "param_groups": [...]}``.
+
+        State held in fewer bits (``state_dtype``) is given in the parameter's dtype, so
+        ``torch.optim`` can resume from it; ``compact=True`` gives it as held instead (see
+        :mod:`torchstep.core.checkpoint`), which only torchstep loads.
 
         Parameters are numbered by position in group order, as torch numbers them (a duplicate
         in a group takes its last position's number); each group lists its parameters' numbers under
@@ -396,8 +438,12 @@ class Optimizer(torch.optim.Optimizer):
             packed = {k: v for k, v in group.items() if k != "params"}
             packed["params"] = [index[id(p)] for p in group["params"]]
             groups.append(packed)
+        algo = self.algorithm
         state = {
-            (index[id(k)] if isinstance(k, torch.Tensor) else k): v for k, v in self.state.items()
+            (index[id(k)] if isinstance(k, torch.Tensor) else k):
+                (checkpoint.export_state(algo, k, v, compact) if algo is not None and isinstance(k, torch.Tensor)
+                 and isinstance(v, dict) else v)
+            for k, v in self.state.items()
         }
         result: dict[str, Any] = {"state": state, "param_groups": groups}
         for hook in self._optimizer_state_dict_post_hooks.values():
@@ -430,7 +476,9 @@ class Optimizer(torch.optim.Optimizer):
                 return value.to(dtype=p.dtype, device=p.device)
             return value.to(device=p.device)
         if isinstance(value, dict):
-            return {k: Optimizer._cast_state_value(p, v, k, group) for k, v in value.items()}
+            value = checkpoint.import_state(p, value)
+            return {k: (v if lowbit.held_as_codes(value, k) else Optimizer._cast_state_value(p, v, k, group))
+                    for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(Optimizer._cast_state_value(p, v, None, group) for v in value)
         return value
@@ -480,11 +528,26 @@ class Optimizer(torch.optim.Optimizer):
             new_groups.append(loaded)
         self._check_loaded_shapes(state, new_groups)
         self.__setstate__({"state": state, "param_groups": new_groups})
+        self._hold_loaded_state()
         # the first step of each parameter checks its loaded state is complete
         self._loaded_unchecked = {p for p in state if isinstance(p, torch.Tensor) and state[p]}
         self._loaded_groups_unchecked = True
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
+
+    def _hold_loaded_state(self) -> None:
+        """Hold loaded state in the forms each group's ``state_dtype`` asks for (quantizing a
+        full-precision checkpoint, restoring full precision from a reduced one)."""
+        if self.algorithm is None:
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and lowbit.touched(group, st, p):
+                    try:
+                        lowbit.conform(self.algorithm, p, group, st)
+                    except KeyError:  # an option missing from the saved group: the step names it
+                        pass
 
     def _check_loaded_shapes(self, state: dict, groups: list[dict]) -> None:
         """Refuse (before anything changes) a state whose element-wise tensors are not shaped

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from . import lowbit
+
 
 def _scalar_dtype(fused: bool) -> torch.dtype:
     if fused:
@@ -37,6 +39,8 @@ def ensure_state(algo: Any, p: torch.Tensor, group: dict, state: dict, names: tu
             state["step"] = initial["step"] if "step" in initial else new_step_tensor(p, group)
         for n in missing:
             state[n] = initial[n]
+    if lowbit.touched(group, state, p):
+        lowbit.conform(algo, p, group, state)
     return first
 
 

@@ -1,0 +1,360 @@
+r"""Optimizer state in fewer bits, and bfloat16 parameters trained without a float32 copy.
+
+Three group options (constructor keywords of every element-wise algorithm, or per-group keys):
+
+``state_dtype``
+    ``None`` (default): the parameter's dtype, exactly torch's behaviour. ``torch.bfloat16``: each
+    state tensor is held in bfloat16 (read as float, rounded to nearest on write). ``"int8"``:
+    block-wise quantization (Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
+    ICLR 2022). A state tensor :math:`x` is cut into blocks of ``BLOCK`` = 256 consecutive
+    elements; block :math:`b` keeps :math:`a_b = \max_{i \in b} |x_i|` (float32) and each element
+    one byte, the index of the code-map value nearest :math:`x_i / a_b`:
+
+    .. math::
+        c_i = \arg\min_k |q_k - x_i / a_b| \qquad \hat x_i = q_{c_i}\, a_b
+
+    (a value exactly between two codes takes the lower one). The code maps :math:`q` are
+    *dynamic* maps: 256 sorted values in :math:`[-1, 1]` (signed, for state that can be negative)
+    or :math:`[0, 1]` (unsigned, for the state an algorithm lists in ``nonnegative_state``) whose
+    magnitudes are spread over seven decades (:func:`dynamic_code`), so small values keep their
+    relative precision. A block holding a NaN gets a NaN scale (all its values read back NaN).
+    State of a parameter with fewer than ``MIN_QUANTIZED`` = 4096 elements -- counted on the
+    whole parameter, not a shard of it, so one device, DDP and FSDP2 agree -- stays in full
+    precision, as does the state an algorithm lists in ``exact_state`` (a parameter average, or
+    Schedule-Free's ``z``, which is a copy of the weights).
+``stochastic_rounding``
+    ``True`` (seed 0) or an integer seed: a bfloat16 parameter's new value, computed in float32,
+    is rounded to bfloat16 stochastically -- up with probability equal to the fraction of the
+    gap below it -- so updates smaller than half a bfloat16 step still move the weight on
+    average. The random bits are a hash of (seed, the group's ``rounding_step`` counter, the
+    parameter's number, the element's index): reproducible, and independent of threads.
+``kahan``
+    ``True``: a bfloat16 parameter keeps a bfloat16 compensation buffer ``kahan_comp`` holding
+    what rounding took off the last update, added back into the next:
+    :math:`y = \Delta_t + c,\; \theta_t = \mathrm{bf16}(\theta_{t-1} + y),\; c = y - (\theta_t - \theta_{t-1})`.
+
+Parameters of other dtypes are unaffected by the last two. In memory an int8 state tensor is its
+codes (``uint8``, the parameter's shape) under the state's own name plus its block scales under
+``<name>.absmax``; ``state_dict()`` turns that into torch's format or the compact one
+(:mod:`torchstep.core.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import dtensors
+
+BLOCK = 256
+MIN_QUANTIZED = 4096
+ABSMAX = ".absmax"
+KAHAN = "kahan_comp"
+OPTIONS = ("state_dtype", "stochastic_rounding", "kahan")
+
+FULL, BF16, INT8_SIGNED, INT8_UNSIGNED = "full", "bf16", "int8s", "int8u"
+INT8_FORMS = (INT8_SIGNED, INT8_UNSIGNED)
+
+
+def dynamic_code(signed: bool) -> torch.Tensor:
+    """The 256 sorted float32 values of a dynamic code map. For each decade ``e`` of seven
+    (scale ``10**(e - 6)``), the magnitudes are the midpoints of ``2**e`` (signed) or
+    ``2**(e + 1)`` (unsigned) equal steps between 0.1 and 1 times the scale; signed maps hold
+    them with both signs. Both maps add 0 and 1: 127 * 2 + 2 or 254 + 2 values."""
+    values = [0.0, 1.0]
+    for e in range(7):
+        n = 2 ** e if signed else 2 ** (e + 1)
+        edges = torch.linspace(0.1, 1.0, n + 1, dtype=torch.float64)
+        mags = ((edges[:-1] + edges[1:]) / 2 * 10.0 ** (e - 6)).tolist()
+        values += mags + ([-m for m in mags] if signed else [])
+    code = torch.tensor(sorted(values), dtype=torch.float32)
+    assert code.numel() == 256 and bool((code[1:] > code[:-1]).all())
+    return code
+
+
+CODES = {INT8_SIGNED: dynamic_code(True), INT8_UNSIGNED: dynamic_code(False)}
+# a value is coded as the number of midpoints below it (ties go to the lower code)
+MIDPOINTS = {form: ((c[1:].double() + c[:-1].double()) / 2).float() for form, c in CODES.items()}
+
+
+# -- options ----------------------------------------------------------------------------
+
+def active(group: dict) -> bool:
+    """Whether any option of this module is set in ``group``."""
+    return (group.get("state_dtype") is not None or bool(group.get("stochastic_rounding", False))
+            or bool(group.get("kahan", False)))
+
+
+def check_group(algo: Any, group: dict, owner: str) -> None:
+    """Validate the options of this module in ``group`` (ValueError naming the option, its
+    value and what is allowed); ``algo``: the optimizer's element-wise Algorithm, or None."""
+    sd = group.get("state_dtype")
+    if sd is not None and sd != torch.bfloat16 and sd != "int8":
+        raise ValueError(f"state_dtype must be None, torch.bfloat16 or 'int8', got {sd!r}")
+    sr = group.get("stochastic_rounding", False)
+    if not isinstance(sr, (bool, int)) or (not isinstance(sr, bool) and sr < 0):
+        raise ValueError(f"stochastic_rounding must be True, False or a non-negative integer seed, got {sr!r}")
+    kahan = group.get("kahan", False)
+    if not isinstance(kahan, bool):
+        raise ValueError(f"kahan must be True or False, got {kahan!r}")
+    if kahan and sr is not False:
+        raise ValueError("stochastic_rounding and kahan are two ways to keep small bfloat16 updates; choose one")
+    if not active(group):
+        return
+    if algo is None:
+        raise ValueError(f"{owner}: state_dtype, stochastic_rounding and kahan apply to the element-wise "
+                         "algorithms (Adam, AdamW, SGD, Lion, ...); this optimizer's step is not one")
+    if sd is not None and not reducible_names(algo, group):
+        raise ValueError(f"{owner}: state_dtype={sd!r} has nothing to reduce: this algorithm's state "
+                         f"({', '.join(algo.state_names(group)) or 'none'}) stays in the parameter's dtype")
+    if group.get("cautious", False):
+        raise ValueError(f"{owner}: cautious=True cannot be combined with state_dtype, stochastic_rounding or kahan")
+
+
+def reducible_names(algo: Any, group: dict) -> tuple[str, ...]:
+    """The element-wise state tensors ``state_dtype`` may hold in fewer bits."""
+    return tuple(n for n in algo.elementwise_names(group) if n not in algo.exact_state)
+
+
+def seed(group: dict) -> int:
+    """The stochastic-rounding seed of ``group`` (True means 0)."""
+    sr = group.get("stochastic_rounding", False)
+    return 0 if sr is True else int(sr)
+
+
+def rounding(p: torch.Tensor, group: dict) -> str:
+    """How ``p``'s new value is written: "sr" (stochastic), "kahan", or "" (to nearest)."""
+    if dtensors.is_dtensor(p):
+        dtype = p._local_tensor.dtype
+    else:
+        dtype = p.dtype
+    if dtype != torch.bfloat16:
+        return ""
+    if group.get("stochastic_rounding", False) is not False:
+        return "sr"
+    return "kahan" if group.get("kahan", False) else ""
+
+
+def form_of(algo: Any, p: torch.Tensor, group: dict, name: str) -> str:
+    """How state ``name`` of ``p`` is held under ``group``'s ``state_dtype``."""
+    sd = group.get("state_dtype")
+    if sd is None or name in algo.exact_state or not p.is_floating_point():
+        return FULL
+    if sd == torch.bfloat16:
+        return FULL if p.dtype == torch.bfloat16 else BF16
+    if p.numel() < MIN_QUANTIZED:
+        return FULL
+    return INT8_UNSIGNED if name in algo.nonnegative_state else INT8_SIGNED
+
+
+def forms_of(algo: Any, p: torch.Tensor, group: dict, names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(form_of(algo, p, group, n) for n in names)
+
+
+def held_as_codes(state: dict, name: Any) -> bool:
+    """Whether entry ``name`` of ``state`` is int8 codes or their block scales (never cast)."""
+    return isinstance(name, str) and (name.endswith(ABSMAX) or name + ABSMAX in state)
+
+
+def held_form(state: dict, name: str, p: torch.Tensor) -> str | None:
+    """The form ``state[name]`` is held in now (None when absent)."""
+    t = state.get(name)
+    if t is None:
+        return None
+    dtype = t.dtype
+    if dtype == torch.uint8 and name + ABSMAX in state:
+        return "int8"
+    if dtype == torch.bfloat16 and p.dtype != torch.bfloat16:
+        return BF16
+    return FULL
+
+
+# -- block-wise quantization (on plain tensors; DTensors through their local shards) ------
+
+def blocks(numel: int) -> int:
+    return (numel + BLOCK - 1) // BLOCK
+
+
+def quantize(x: torch.Tensor, form: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, absmax) of a plain tensor ``x``: uint8 codes shaped like ``x`` and one float32
+    scale per block of its flattened elements (see the module docstring)."""
+    flat = x.detach().reshape(-1).float()
+    n = flat.numel()
+    padded = torch.zeros(blocks(n) * BLOCK, dtype=torch.float32, device=x.device)
+    padded[:n] = flat
+    rows = padded.view(-1, BLOCK)
+    absmax = rows.abs().amax(dim=1)
+    absmax = torch.where(rows.isnan().any(dim=1), torch.full_like(absmax, float("nan")), absmax)
+    inv = torch.where(absmax > 0, absmax.reciprocal(), torch.zeros_like(absmax))
+    scaled = rows * inv[:, None]
+    codes = torch.searchsorted(MIDPOINTS[form].to(x.device), scaled.reshape(-1), side="left")
+    codes = codes.clamp_(0, 255).to(torch.uint8)[:n].view(x.shape)
+    return codes, absmax
+
+
+def dequantize(codes: torch.Tensor, absmax: torch.Tensor, form: str, dtype: torch.dtype) -> torch.Tensor:
+    """The values ``codes`` and ``absmax`` stand for, as a tensor of ``dtype`` (computed in
+    float32: code value times block scale)."""
+    flat = CODES[form].to(codes.device)[codes.reshape(-1).long()]
+    n = flat.numel()
+    scale = absmax.repeat_interleave(BLOCK)[:n] if n else absmax[:0]
+    return (flat * scale).view(codes.shape).to(dtype)
+
+
+# -- stochastic rounding ------------------------------------------------------------------
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor | int) -> Any:
+    """A 32-bit integer hash (xor-shift-multiply), on int64 tensors or ints holding 32-bit values;
+    the kernels' C code computes the same function on uint32."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def tensor_key(seed_value: int, step: int, number: int) -> int:
+    """The per-(step, parameter) key of the stochastic-rounding bits."""
+    k = _mix32((seed_value & _M32) ^ 0x9E3779B9)
+    k = _mix32(k ^ (step & _M32))
+    return _mix32(k ^ (number & _M32))
+
+
+def random_bits(key: int, numel: int, device: Any = None) -> torch.Tensor:
+    """16 random bits per element (int64 tensor): the hash of ``key`` and the element index."""
+    idx = torch.arange(numel, dtype=torch.int64, device=device) & _M32
+    return _mix32(idx ^ key) & 0xFFFF
+
+
+def round_stochastic(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """float32 ``x`` rounded to bfloat16 with the given 16 random bits per element: the bits are
+    added below bfloat16's last place and the result truncated (NaN stays NaN, inf stays inf)."""
+    u = x.contiguous().view(torch.int32).to(torch.int64) & _M32
+    mag = u & 0x7FFFFFFF
+    special = mag >= 0x7F800000
+    summed = torch.where(special, u, u + bits.view(u.shape))
+    out = (summed >> 16) & 0xFFFF
+    out = torch.where(mag > 0x7F800000, (u >> 16) | 0x40, out)
+    return (out - ((out >> 15) << 16)).to(torch.int16).view(torch.bfloat16)
+
+
+def kahan_write(p: torch.Tensor, old: torch.Tensor, new: torch.Tensor, comp: torch.Tensor) -> None:
+    """Write float32 ``new`` (from float32 ``old``) into bfloat16 ``p`` with compensation ``comp``
+    (bfloat16, updated in place): see the module docstring."""
+    y = (new - old) + comp.float()
+    rounded = (old + y).to(torch.bfloat16)
+    comp.copy_(y - (rounded.float() - old))
+    p.copy_(rounded)
+
+
+# -- state held in a form, read and written in full precision -----------------------------
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if dtensors.is_dtensor(t) else t
+
+
+def _like(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``local`` as the local part of a tensor laid out as ``like`` (itself for a plain ``like``)."""
+    if not dtensors.is_dtensor(like):
+        return local
+    return dtensors.DTensor.from_local(local, like.device_mesh, like.placements, run_check=False,
+                                       shape=like.shape, stride=like.stride())
+
+
+def int8_form(algo: Any, name: str) -> str:
+    """The int8 code map state ``name`` of ``algo`` uses."""
+    return INT8_UNSIGNED if name in algo.nonnegative_state else INT8_SIGNED
+
+
+def full_value(algo: Any, state: dict, name: str, p: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """State ``name`` of ``p`` in full precision (``dtype``, by default ``p``'s), laid out as ``p``:
+    a new tensor when it is held in fewer bits or another dtype, else the held tensor itself."""
+    dtype = p.dtype if dtype is None else dtype
+    t = state[name]
+    if held_form(state, name, p) == "int8":
+        local = dequantize(_local(t), state[name + ABSMAX], int8_form(algo, name), dtype)
+        return _like(local, p)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def write_value(algo: Any, state: dict, name: str, p: torch.Tensor, value: torch.Tensor) -> None:
+    """Store full-precision ``value`` into state ``name`` in the form it is held in (rounded to
+    nearest for bfloat16, re-quantized for int8); nothing to do when ``value`` is the held tensor."""
+    t = state[name]
+    if value is t:
+        return
+    if held_form(state, name, p) == "int8":
+        codes, absmax = quantize(_local(value), int8_form(algo, name))
+        _local(t).copy_(codes)
+        state[name + ABSMAX].copy_(absmax)
+    else:
+        t.copy_(value)
+
+
+def hold(algo: Any, state: dict, name: str, p: torch.Tensor, form: str) -> None:
+    """Make ``state[name]`` held in ``form`` (converting from whatever it is held in now)."""
+    held = held_form(state, name, p)
+    if held is None or held == form or (held == "int8" and form in INT8_FORMS):
+        return
+    value = full_value(algo, state, name, p)
+    state.pop(name + ABSMAX, None)
+    if form == FULL:
+        state[name] = value
+    elif form == BF16:
+        state[name] = value.to(torch.bfloat16)
+    else:
+        codes, absmax = quantize(_local(value), form)
+        state[name] = _like(codes, p)
+        state[name + ABSMAX] = absmax
+
+
+def conform(algo: Any, p: torch.Tensor, group: dict, state: dict) -> None:
+    """Hold ``p``'s element-wise state in the forms ``group`` asks for, and give a bfloat16
+    parameter under ``kahan=True`` its compensation buffer (zeros) -- or drop one it no longer
+    needs. Cheap when nothing is to change."""
+    names = algo.elementwise_names(group)
+    for n in names:
+        if n in state:
+            hold(algo, state, n, p, form_of(algo, p, group, n))
+    if rounding(p, group) == "kahan":
+        if KAHAN not in state:
+            state[KAHAN] = torch.zeros_like(p, dtype=torch.bfloat16)
+    else:
+        state.pop(KAHAN, None)
+
+
+def touched(group: dict, state: dict, p: torch.Tensor) -> bool:
+    """Whether :func:`conform` may have something to do: the group has options of this module,
+    or the state holds something in a reduced form (the options were turned off since)."""
+    if active(group):
+        return True
+    return any(k == KAHAN or k.endswith(ABSMAX) or (torch.is_tensor(v) and v.dtype == torch.bfloat16
+                                                     and p.dtype != torch.bfloat16) for k, v in state.items())
+
+
+def operand_names(names: tuple[str, ...], forms: tuple[str, ...], how: str) -> tuple[str, ...]:
+    """The state entries a fused kernel touches: the state tensors, then the block scales of the
+    int8 ones, then the Kahan buffer."""
+    scales = tuple(n + ABSMAX for n, f in zip(names, forms) if f in INT8_FORMS)
+    return names + scales + ((KAHAN,) if how == "kahan" else ())
+
+
+def expected(p_local: torch.Tensor, name: str, forms: dict[str, str]) -> tuple[torch.dtype, tuple]:
+    """(dtype, shape) a kernel expects of state entry ``name`` (local shard) beside ``p_local``."""
+    if name == KAHAN:
+        return torch.bfloat16, tuple(p_local.shape)
+    if name.endswith(ABSMAX):
+        return torch.float32, (blocks(p_local.numel()),)
+    form = forms[name]
+    dtype = {BF16: torch.bfloat16, INT8_SIGNED: torch.uint8, INT8_UNSIGNED: torch.uint8}.get(form, p_local.dtype)
+    return dtype, tuple(p_local.shape)
+
+
+def advance_rounding(group: dict) -> None:
+    """Count a step of a group with stochastic rounding (its bits depend on the count)."""
+    if group.get("stochastic_rounding", False) is not False:
+        group["rounding_step"] = int(group.get("rounding_step", 0)) + 1
