@@ -90,8 +90,10 @@ def check_group(algo: Any, group: dict, owner: str) -> None:
     """Validate the options of this module in ``group`` (ValueError naming the option, its
     value and what is allowed); ``algo``: the optimizer's element-wise Algorithm, or None."""
     sd = group.get("state_dtype")
+    if isinstance(sd, str) and sd in ("bfloat16", "bf16"):  # a spelling setups and configs can write
+        sd = group["state_dtype"] = torch.bfloat16
     if sd is not None and sd != torch.bfloat16 and sd != "int8":
-        raise ValueError(f"state_dtype must be None, torch.bfloat16 or 'int8', got {sd!r}")
+        raise ValueError(f"state_dtype must be None, torch.bfloat16 (or 'bfloat16') or 'int8', got {sd!r}")
     sr = group.get("stochastic_rounding", False)
     if not isinstance(sr, (bool, int)) or (not isinstance(sr, bool) and sr < 0):
         raise ValueError(f"stochastic_rounding must be True, False or a non-negative integer seed, got {sr!r}")

@@ -122,6 +122,7 @@ def _with_lowbit_options(init: Callable) -> Callable:
                 for k, v in chosen.items():
                     group.setdefault(k, v)
                 lowbit.check_group(self.algorithm, group, type(self).__name__)
+            lowbit.check_group(self.algorithm, self.defaults, type(self).__name__)
 
     try:
         sig = inspect.signature(init)
