@@ -151,13 +151,16 @@ def param_groups(
     layer_of: Callable[[str], int] | None = None,
     freeze: str | Iterable[str] = (),
     names: bool = False,
+    state_dtype: Any = None,
 ) -> ParamGroups:
     """Group ``model``'s parameters by the rules of the module docstring.
 
     ``lr`` and ``weight_decay`` go into every group when given; otherwise the optimizer's
     defaults apply (exempt groups still get ``weight_decay=0.0``). ``lr_mult`` / ``layer_decay``
     need ``lr``, and ``wd_mult`` needs ``weight_decay``. ``names=True`` hands the optimizer
-    ``(name, parameter)`` pairs, so its state_dict carries ``param_names``.
+    ``(name, parameter)`` pairs, so its state_dict carries ``param_names``. ``state_dtype``
+    (``torch.bfloat16`` or ``"int8"``; see :mod:`torchstep.core.lowbit`) goes into every group
+    when given.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"param_groups expects an nn.Module, got {type(model).__name__}")
@@ -214,7 +217,10 @@ def param_groups(
     groups, group_names, numels = [], [], []
     for entry in by_options.values():
         items = entry["items"]
-        groups.append({"params": list(items) if names else [p for _, p in items], **entry["options"]})
+        group = {"params": list(items) if names else [p for _, p in items], **entry["options"]}
+        if state_dtype is not None:
+            group["state_dtype"] = state_dtype
+        groups.append(group)
         group_names.append([n for n, _ in items])
         numels.append(sum(p.numel() for _, p in items))
     return ParamGroups(groups, group_names, numels, frozen, frozen_numel)

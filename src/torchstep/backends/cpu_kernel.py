@@ -181,7 +181,7 @@ def uniform_steps(program: Program) -> list[tuple]:
 
 def _c_floats(name: str, values: torch.Tensor) -> str:
     """A static float array holding ``values`` exactly (hexadecimal literals)."""
-    return f"static const float {name}[{values.numel()}] = {{" + ", ".join(float(v).hex() + "f" for v in values.tolist()) + "};"
+    return f"static const float {name}[{values.numel()}] = {{" + ", ".join("INFINITY" if v == float("inf") else float(v).hex() + "f" for v in values.tolist()) + "};"
 
 
 _LOWBIT_HELPERS = """
@@ -190,6 +190,20 @@ static inline uint8_t code_search(const float *mid, float x) {  /* how many midp
   for (int s = 128; s > 0; s >>= 1) if (idx + s <= 255 && mid[idx + s - 1] < x) idx += s;
   return (uint8_t)idx;
 }
+/* lut[u >> 16]: the midpoints below the least value whose float bits start with those 16 bits;
+   no two midpoints share such a range, so one comparison finishes the search (mid[255] = inf) */
+static void fill_lut(int32_t *lut, const float *mid) {
+  for (uint32_t key = 0; key < 65536; ++key) {
+    union { uint32_t u; float f; } v; v.u = (key << 16) | ((key & 0x8000u) ? 0xffffu : 0u);
+    lut[key] = code_search(mid, v.f);
+  }
+}
+static inline uint8_t code_of(const int32_t *lut, const float *mid, float x) {
+  union { float f; uint32_t u; } v; v.f = x;
+  const int32_t low = lut[v.u >> 16];
+  return (uint8_t)(low + (mid[low] < x));
+}
+static inline uint32_t abs_bits(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u & 0x7fffffffu; }
 static inline uint32_t mix32(uint32_t x) {
   x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16; return x;
 }
@@ -248,8 +262,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
             stores.append(f"      x{k}[i] = bf16_store((float){value});")
         elif form[k] in lowbit.INT8_FORMS:
             written_q.append(k)
-            stores.append(f"      {{ const float q = (float){value}; q{k}[i - b0] = q; m{k} = fmaxf(m{k}, fabsf(q)); "
-                          f"nan{k} |= (q != q); }}")
+            stores.append(f"      q{k}[i - b0] = (float){value};")
         elif k == 0 and rounding == "sr":
             stores.append(f"      x0[i] = bf16_store_sr((float){value}, mix32((uint32_t)(start + i) ^ key) & 0xffffu);")
         elif k == 0 and rounding == "kahan":
@@ -279,7 +292,10 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     body += [f"      {{ const double d = (double){ref(j)}; r{r} += {'d * d' if sq else 'd'}; }}"
              for r, (j, sq) in enumerate(zip(program.reductions.values(), program.squared()))]
     tables = [_c_floats(f"CODE{k}", lowbit.CODES[form[k]]) for k in quantized]
-    tables += [_c_floats(f"MID{k}", lowbit.MIDPOINTS[form[k]]) for k in written_q]
+    inf = torch.tensor([float("inf")])
+    tables += [_c_floats(f"MID{k}", torch.cat([lowbit.MIDPOINTS[form[k]], inf])) for k in written_q]
+    tables += [f"static int32_t LUT{k}[65536]; static volatile int LUT{k}_ready = 0;" for k in written_q]
+    head += [f"  if (!LUT{k}_ready) {{ fill_lut(LUT{k}, MID{k}); LUT{k}_ready = 1; }}" for k in written_q]
     if rounding == "sr":
         head += [f"  const uint32_t seed = (uint32_t)(int64_t)args[{nuniform}];",
                  f"  const uint32_t rstep = (uint32_t)(int64_t)args[{nuniform + 1}];"]
@@ -287,23 +303,27 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     if quantized:
         if sums:
             raise KernelUnavailable("int8 state with per-tensor reductions has no C kernel")
-        reductions = "".join(f" reduction(max:m{k}) reduction(|:nan{k})" for k in written_q)
         loop = [
             f"    for (int64_t b0 = 0; b0 < n; b0 += {lowbit.BLOCK}) {{",
             f"      const int64_t bend = n - b0 < {lowbit.BLOCK} ? n : b0 + {lowbit.BLOCK};",
             f"      const int64_t blk = (start + b0) / {lowbit.BLOCK};",
             *(f"      const float sc{k} = a{k}[blk];" for k in quantized),
-            *(f"      float q{k}[{lowbit.BLOCK}]; float m{k} = 0; int nan{k} = 0;" for k in written_q),
-            "      #pragma omp simd" + reductions,
+            *(f"      float q{k}[{lowbit.BLOCK}];" for k in written_q),
+            "      #pragma omp simd",
             "      for (int64_t i = b0; i < bend; ++i) {",
             *body, *stores,
             "      }",
         ]
         for k in written_q:
             loop += [
-                f"      {{ const float am = nan{k} ? NAN : m{k}; a{k}[blk] = am;",
+                f"      {{ uint32_t m = 0;",
+                "        #pragma omp simd reduction(max:m)",
+                f"        for (int64_t j = 0; j < bend - b0; ++j) {{ const uint32_t u = abs_bits(q{k}[j]); m = u > m ? u : m; }}",
+                "        union { uint32_t u; float f; } top; top.u = m;  /* the largest magnitude; a NaN's bits are larger */",
+                f"        const float am = m > 0x7f800000u ? NAN : top.f; a{k}[blk] = am;",
                 "        const float inv = am > 0 ? 1.0f / am : 0.0f;",
-                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_search(MID{k}, q{k}[j] * inv); }}",
+                "        #pragma omp simd",
+                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_of(LUT{k}, MID{k}, q{k}[j] * inv); }}",
             ]
         loop.append("    }")
     else:

@@ -17,7 +17,8 @@ Three group options (constructor keywords of every element-wise algorithm, or pe
     *dynamic* maps: 256 sorted values in :math:`[-1, 1]` (signed, for state that can be negative)
     or :math:`[0, 1]` (unsigned, for the state an algorithm lists in ``nonnegative_state``) whose
     magnitudes are spread over seven decades (:func:`dynamic_code`), so small values keep their
-    relative precision. A block holding a NaN gets a NaN scale (all its values read back NaN).
+    relative precision. Both hold 0 and their extremes exactly, so a block's largest value and
+    any zero survive the round trip unchanged. A block holding a NaN gets a NaN scale (all its values read back NaN).
     State of a parameter with fewer than ``MIN_QUANTIZED`` = 4096 elements -- counted on the
     whole parameter, not a shard of it, so one device, DDP and FSDP2 agree -- stays in full
     precision, as does the state an algorithm lists in ``exact_state`` (a parameter average, or
@@ -60,14 +61,19 @@ INT8_FORMS = (INT8_SIGNED, INT8_UNSIGNED)
 def dynamic_code(signed: bool) -> torch.Tensor:
     """The 256 sorted float32 values of a dynamic code map. For each decade ``e`` of seven
     (scale ``10**(e - 6)``), the magnitudes are the midpoints of ``2**e`` (signed) or
-    ``2**(e + 1)`` (unsigned) equal steps between 0.1 and 1 times the scale; signed maps hold
-    them with both signs. Both maps add 0 and 1: 127 * 2 + 2 or 254 + 2 values."""
-    values = [0.0, 1.0]
+    ``2**(e + 1)`` (unsigned) equal steps between 0.1 and 1 times the scale: 127 or 254 of
+    them. Both maps add 0 and 1; the signed one also holds the magnitudes negated, except that
+    -1 takes the place of the largest negated one, so a block's scale is exact whichever sign
+    its largest value has (then dequantizing and quantizing again gives back the same codes and
+    scales: a checkpoint in torch's format reloads without drift)."""
+    mags: list[float] = []
     for e in range(7):
         n = 2 ** e if signed else 2 ** (e + 1)
         edges = torch.linspace(0.1, 1.0, n + 1, dtype=torch.float64)
-        mags = ((edges[:-1] + edges[1:]) / 2 * 10.0 ** (e - 6)).tolist()
-        values += mags + ([-m for m in mags] if signed else [])
+        mags += ((edges[:-1] + edges[1:]) / 2 * 10.0 ** (e - 6)).tolist()
+    values = [0.0, 1.0] + mags
+    if signed:
+        values += [-m for m in sorted(mags)[:-1]] + [-1.0]
     code = torch.tensor(sorted(values), dtype=torch.float32)
     assert code.numel() == 256 and bool((code[1:] > code[:-1]).all())
     return code
@@ -110,6 +116,9 @@ def check_group(algo: Any, group: dict, owner: str) -> None:
     if sd is not None and not reducible_names(algo, group):
         raise ValueError(f"{owner}: state_dtype={sd!r} has nothing to reduce: this algorithm's state "
                          f"({', '.join(algo.state_names(group)) or 'none'}) stays in the parameter's dtype")
+    if group.get("differentiable", False):
+        raise ValueError(f"{owner}: differentiable=True cannot be combined with state_dtype, stochastic_rounding or "
+                         "kahan (autograd cannot follow quantization or random rounding)")
     if group.get("cautious", False):
         raise ValueError(f"{owner}: cautious=True cannot be combined with state_dtype, stochastic_rounding or kahan")
 

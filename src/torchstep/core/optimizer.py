@@ -522,6 +522,9 @@ class Optimizer(torch.optim.Optimizer):
         new_groups = []
         for i, (g, s) in enumerate(zip(groups, saved_groups)):
             s["params"] = g["params"]
+            for key in lowbit.OPTIONS:  # how state is held is this optimizer's choice, unless the checkpoint says
+                if key in g and key not in s:
+                    s[key] = g[key]
             if "param_names" in g and "param_names" not in s:
                 s["param_names"] = g["param_names"]
             loaded = _LoadedGroup(s)
