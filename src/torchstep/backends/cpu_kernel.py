@@ -190,18 +190,31 @@ static inline uint8_t code_search(const float *mid, float x) {  /* how many midp
   for (int s = 128; s > 0; s >>= 1) if (idx + s <= 255 && mid[idx + s - 1] < x) idx += s;
   return (uint8_t)idx;
 }
-/* lut[u >> 16]: the midpoints below the least value whose float bits start with those 16 bits;
-   no two midpoints share such a range, so one comparison finishes the search (mid[255] = inf) */
-static void fill_lut(int32_t *lut, const float *mid) {
-  for (uint32_t key = 0; key < 65536; ++key) {
-    union { uint32_t u; float f; } v; v.u = (key << 16) | ((key & 0x8000u) ? 0xffffu : 0u);
-    lut[key] = code_search(mid, v.f);
+/* A value's key: its sign, its exponent clamped to [2^-31, 2) and 7 bits of mantissa (the top 16
+   bits of a float of that range). No two midpoints share a key (none lies below 2^-21 in
+   magnitude), so lut[key] holds all a search needs: the midpoints below the key's range (bits
+   0-7), whether one lies inside it (bit 8) and that one's low 16 bits (bits 16-31), which order
+   values of one key as their magnitudes do. */
+static inline uint32_t code_key(uint32_t u) {
+  uint32_t e = (u >> 23) & 0xffu;
+  e = e < 96u ? 96u : (e > 127u ? 127u : e);
+  return ((u >> 31) << 12) | ((e - 96u) << 7) | ((u >> 16) & 0x7fu);
+}
+static void fill_lut(uint32_t *lut, const float *mid) {
+  for (uint32_t key = 0; key < 8192; ++key) {
+    const uint32_t sign = key >> 12, e = ((key >> 7) & 31u) + 96u, man = key & 0x7fu;
+    union { uint32_t u; float f; } v; v.u = (sign << 31) | (e << 23) | (man << 16) | (sign ? 0xffffu : 0u);
+    const uint32_t low = code_search(mid, v.f);
+    union { float f; uint32_t u; } m; m.f = mid[low];
+    const uint32_t inside = low < 255 && (m.u >> 16) == (v.u >> 16);
+    lut[key] = low | (inside << 8) | (inside ? (m.u << 16) : 0u);
   }
 }
-static inline uint8_t code_of(const int32_t *lut, const float *mid, float x) {
+static inline uint8_t code_of(const uint32_t *lut, float x) {
   union { float f; uint32_t u; } v; v.f = x;
-  const int32_t low = lut[v.u >> 16];
-  return (uint8_t)(low + (mid[low] < x));
+  const uint32_t entry = lut[code_key(v.u)], low16 = v.u & 0xffffu, mid16 = entry >> 16;
+  const uint32_t past = (v.u >> 31) ? (mid16 > low16) : (mid16 < low16);  /* the midpoint lies below x */
+  return (uint8_t)((entry & 0xffu) + (((entry >> 8) & 1u) & past));
 }
 static inline uint32_t abs_bits(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u & 0x7fffffffu; }
 static inline uint32_t mix32(uint32_t x) {
@@ -262,7 +275,8 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
             stores.append(f"      x{k}[i] = bf16_store((float){value});")
         elif form[k] in lowbit.INT8_FORMS:
             written_q.append(k)
-            stores.append(f"      q{k}[i - b0] = (float){value};")
+            stores.append(f"      {{ const float q = (float){value}; q{k}[i - b0] = q; const uint32_t u = abs_bits(q); "
+                          f"m{k} = u > m{k} ? u : m{k}; }}")
         elif k == 0 and rounding == "sr":
             stores.append(f"      x0[i] = bf16_store_sr((float){value}, mix32((uint32_t)(start + i) ^ key) & 0xffffu);")
         elif k == 0 and rounding == "kahan":
@@ -294,7 +308,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     tables = [_c_floats(f"CODE{k}", lowbit.CODES[form[k]]) for k in quantized]
     inf = torch.tensor([float("inf")])
     tables += [_c_floats(f"MID{k}", torch.cat([lowbit.MIDPOINTS[form[k]], inf])) for k in written_q]
-    tables += [f"static int32_t LUT{k}[65536]; static volatile int LUT{k}_ready = 0;" for k in written_q]
+    tables += [f"static uint32_t LUT{k}[8192]; static volatile int LUT{k}_ready = 0;" for k in written_q]
     head += [f"  if (!LUT{k}_ready) {{ fill_lut(LUT{k}, MID{k}); LUT{k}_ready = 1; }}" for k in written_q]
     if rounding == "sr":
         head += [f"  const uint32_t seed = (uint32_t)(int64_t)args[{nuniform}];",
@@ -308,22 +322,19 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
             f"      const int64_t bend = n - b0 < {lowbit.BLOCK} ? n : b0 + {lowbit.BLOCK};",
             f"      const int64_t blk = (start + b0) / {lowbit.BLOCK};",
             *(f"      const float sc{k} = a{k}[blk];" for k in quantized),
-            *(f"      float q{k}[{lowbit.BLOCK}];" for k in written_q),
-            "      #pragma omp simd",
+            *(f"      float q{k}[{lowbit.BLOCK}]; uint32_t m{k} = 0;" for k in written_q),
+            "      #pragma omp simd" + "".join(f" reduction(max:m{k})" for k in written_q),
             "      for (int64_t i = b0; i < bend; ++i) {",
             *body, *stores,
             "      }",
         ]
         for k in written_q:
             loop += [
-                f"      {{ uint32_t m = 0;",
-                "        #pragma omp simd reduction(max:m)",
-                f"        for (int64_t j = 0; j < bend - b0; ++j) {{ const uint32_t u = abs_bits(q{k}[j]); m = u > m ? u : m; }}",
-                "        union { uint32_t u; float f; } top; top.u = m;  /* the largest magnitude; a NaN's bits are larger */",
-                f"        const float am = m > 0x7f800000u ? NAN : top.f; a{k}[blk] = am;",
+                f"      {{ union {{ uint32_t u; float f; }} top; top.u = m{k};  /* the largest magnitude; a NaN's bits are larger */",
+                f"        const float am = m{k} > 0x7f800000u ? NAN : top.f; a{k}[blk] = am;",
                 "        const float inv = am > 0 ? 1.0f / am : 0.0f;",
                 "        #pragma omp simd",
-                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_of(LUT{k}, MID{k}, q{k}[j] * inv); }}",
+                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_of(LUT{k}, q{k}[j] * inv); }}",
             ]
         loop.append("    }")
     else:
