@@ -118,7 +118,8 @@ TRACED = {
     "AdamW": dict(lr=0.01, weight_decay=0.1), "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, maximize=True),
     "Adam": dict(lr=0.01, amsgrad=True), "Lion": dict(lr=1e-3),
 }
-EAGER_ONLY = [("Lamb", dict(lr=0.01)), ("Lion", dict(lr=1e-3, cautious=True))]
+EAGER_ONLY = [("Lamb", dict(lr=0.01)), ("Lion", dict(lr=1e-3, cautious=True)),
+              ("AdamW", dict(lr=0.01, state_dtype=torch.bfloat16))]  # state in fewer bits: the eager fused step
 _SHAPES = [(5, 3), (7,), (4, 2)]
 
 

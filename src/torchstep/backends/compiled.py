@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..core import check, wrappers
+from ..core import check, lowbit, wrappers
 from ..core.state import ensure_state
 from . import cpu_kernel, dispatch, fused
 from . import plan as plan_mod
@@ -183,8 +183,8 @@ def _fused_step_fake(params, grads, states, steps, fresh, hypers, numbers, progr
 def _fusable(opt: Any, group: dict) -> bool:
     """Whether the group may take the op at all: the eager path's choice (grad mode aside), and
     neither Triton forced nor a cautious group."""
-    if dispatch._forced.get() == "triton" or group.get("cautious", False):
-        return False
+    if dispatch._forced.get() == "triton" or group.get("cautious", False) or lowbit.active(group):
+        return False  # (state in fewer bits, or rounded bf16 weights: the eager fused step)
     return dispatch._choose_path(opt, group, grad_mode_matters=False)[0]
 
 
