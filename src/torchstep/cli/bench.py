@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from .. import bench_compile
+from .. import bench_compile, bench_lowbit
 from ..bench import ALGORITHMS, main
 from .errors import UserError
 
@@ -29,6 +29,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true",
                    help="instead: a torch.compile'd training step (AdamW, tensor lr, ~1.3M-parameter MLP) with "
                    "torchstep vs torch.optim, side by side (--repeat: alternating rounds, median reported)")
+    p.add_argument("--lowbit", action="store_true",
+                   help="instead: AdamW, Adam, SGD-momentum and Lion with state_dtype float32 / bfloat16 / int8 "
+                   "(state bytes, bytes moved, bound, step time against torch's fused float32 steps, peak memory); "
+                   "--algorithms then picks from: " + ", ".join(bench_lowbit.ALGORITHMS))
     p.add_argument("--threads", type=int, default=None, help="with --compile: torch's intra-op threads for the run")
 
 
@@ -49,14 +53,19 @@ def parse_layouts(spec: str) -> dict[str, tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = list(ALGORITHMS) if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
-    unknown = [n for n in names if n not in ALGORITHMS]
+    known = bench_lowbit.ALGORITHMS if args.lowbit else ALGORITHMS
+    names = list(known) if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise UserError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}")
+        raise UserError(f"unknown algorithm(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     if args.repeat < 1:
         raise UserError(f"--repeat must be >= 1, got {args.repeat}")
     if args.compile:
         return _run_compiled(args)
+    if args.lowbit:
+        print(bench_lowbit.main(parse_layouts(args.layouts), args.repeat, names, args.json,
+                                progress=lambda s: print(f"  ... {s}", file=sys.stderr, flush=True)))
+        return 0
     table = main(names, parse_layouts(args.layouts), args.repeat, not args.no_latency, args.json,
                  progress=lambda s: print(f"  ... {s}", file=sys.stderr, flush=True))
     print(table)
