@@ -280,6 +280,71 @@ def mixed_dtype_group_after_load() -> None:
 # -- 4. loaded state of the wrong shape ---------------------------------------------------------
 
 
+def _lowbit_after(edit: Callable[[dict], None]) -> str:
+    """int8 AdamW over a 5000-element parameter; ``edit`` tampers with its state after two
+    steps; a third step must either run (and hold the state consistently again) or raise a
+    clear error naming the state -- never crash or read past the block scales."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    opt = ts_optim.AdamW([p], state_dtype="int8")
+    for step in range(2):
+        p.grad = grads(step, [(5000,)])[0]
+        opt.step()
+    edit(opt.state[p])
+    p.grad = grads(2, [(5000,)])[0]
+    try:
+        opt.step()
+    except RuntimeError as exc:
+        assert "exp_avg" in str(exc), exc
+        return "raised"
+    st = opt.state[p]
+    assert st["exp_avg"].dtype == torch.uint8 and st["exp_avg.absmax"].shape == (20,), {k: v.shape for k, v in st.items()}
+    assert bool(torch.isfinite(p).all())
+    return "ran"
+
+
+@case
+def lowbit_state_tampered() -> None:
+    outcomes = {
+        "scales truncated": _lowbit_after(lambda st: st.__setitem__("exp_avg.absmax", st["exp_avg.absmax"][:-1])),
+        "scales resized in place": _lowbit_after(lambda st: st["exp_avg.absmax"].resize_(3)),
+        "scales made float64": _lowbit_after(lambda st: st.__setitem__("exp_avg.absmax", st["exp_avg.absmax"].double())),
+        "codes made float": _lowbit_after(lambda st: st.__setitem__("exp_avg", st["exp_avg"].float())),
+        "codes of another shape": _lowbit_after(lambda st: st.__setitem__("exp_avg", st["exp_avg"][:100].clone())),
+        "codes non-contiguous": _lowbit_after(lambda st: st.__setitem__("exp_avg", st["exp_avg"].view(50, 100).t())),
+        "scales dropped": _lowbit_after(lambda st: st.pop("exp_avg.absmax")),
+    }
+    # codes without (enough) scales are no numbers: refused, never read as values
+    assert outcomes["scales truncated"] == outcomes["scales resized in place"] == outcomes["scales dropped"] == "raised", \
+        outcomes
+    assert outcomes["codes made float"] == "ran", outcomes  # a full-precision state is quantized again
+
+
+@case
+def lowbit_compact_checkpoint_tampered() -> None:
+    p = torch.nn.Parameter(torch.randn(5000))
+    opt = ts_optim.AdamW([p], state_dtype="int8")
+    p.grad = torch.randn(5000)
+    opt.step()
+    saved = opt.state_dict(compact=True)
+    short = copy.deepcopy(saved)
+    short["state"][0]["exp_avg.absmax"] = short["state"][0]["exp_avg.absmax"][:5]
+    fresh = ts_optim.AdamW([torch.nn.Parameter(torch.randn(5000))], state_dtype="int8")
+    try:
+        fresh.load_state_dict(short)
+    except ValueError as exc:
+        assert "block scales" in str(exc), exc
+    else:
+        raise AssertionError("a compact checkpoint with too few block scales was loaded")
+    orphan = copy.deepcopy(saved)
+    del orphan["state"][0]["exp_avg_sq.absmax"]
+    try:
+        fresh.load_state_dict(orphan)
+    except ValueError as exc:
+        assert "without its block scales" in str(exc), exc
+    else:
+        raise AssertionError("compact codes without scales were loaded")
+
+
 def _load_then_step(module: Any, donor_groups: Callable, target_groups: Callable, edit=None) -> list[torch.Tensor]:
     src_params = [torch.randn(s).requires_grad_() for s in [(3, 4), (7,)]]
     src = module.Adam(donor_groups(src_params))

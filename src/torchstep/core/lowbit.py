@@ -174,7 +174,10 @@ def held_form(state: dict, name: str, p: torch.Tensor) -> str | None:
     if t is None:
         return None
     dtype = t.dtype
-    if dtype == torch.uint8 and name + ABSMAX in state:
+    if dtype == torch.uint8 and p.is_floating_point():
+        if name + ABSMAX not in state:
+            raise RuntimeError(f"int8 state '{name}' has its codes but not their block scales '{name}{ABSMAX}' "
+                               "(was the state edited?); the codes alone are not numbers")
         return "int8"
     if dtype == torch.bfloat16 and p.dtype != torch.bfloat16:
         return BF16
@@ -287,8 +290,14 @@ def full_value(algo: Any, state: dict, name: str, p: torch.Tensor, dtype: torch.
     dtype = p.dtype if dtype is None else dtype
     t = state[name]
     if held_form(state, name, p) == "int8":
-        local = dequantize(_local(t), state[name + ABSMAX], int8_form(algo, name), dtype)
-        return _like(local, p)
+        codes, absmax = _local(t), state[name + ABSMAX]
+        if tuple(codes.shape) != tuple(_local(p).shape) or absmax.dim() != 1 or absmax.numel() != blocks(codes.numel()):
+            raise RuntimeError(
+                f"int8 state '{name}' is inconsistent: codes of shape {tuple(codes.shape)} with "
+                f"{absmax.numel()} block scales (shape {tuple(absmax.shape)}), for a parameter (shard) of shape "
+                f"{tuple(_local(p).shape)}, which needs {blocks(_local(p).numel())}; was the state edited or "
+                "loaded from another model?")
+        return _like(dequantize(codes, absmax, int8_form(algo, name), dtype), p)
     return t if t.dtype == dtype else t.to(dtype)
 
 
