@@ -130,11 +130,15 @@ def interchange(algo, kwargs, dtype, shapes, group2, first, second, tol=None):
 
 
 def assert_signature_matches(name: str) -> None:
-    """Same argument names, order, kinds and defaults as torch.optim's class."""
+    """Same argument names, order, kinds and defaults as torch.optim's class -- plus, at the end,
+    the keyword-only low-bit options every element-wise torchstep optimizer adds."""
     ours, theirs = inspect.signature(getattr(ts_optim, name)), inspect.signature(getattr(torch.optim, name))
+    extra = [("state_dtype", inspect.Parameter.KEYWORD_ONLY, None),
+             ("stochastic_rounding", inspect.Parameter.KEYWORD_ONLY, False),
+             ("kahan", inspect.Parameter.KEYWORD_ONLY, False)]
     assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == [
         (p.name, p.kind, p.default) for p in theirs.parameters.values()
-    ]
+    ] + extra
 
 
 def assert_unsupported_tensor_rejected(algo: str, kind: str) -> None:
