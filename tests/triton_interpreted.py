@@ -58,3 +58,34 @@ for dtype in (torch.bfloat16, torch.float16):
     b, _ = run("fused", "Adam", dict(lr=1e-2), dtype)
     diff = max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
     print(json.dumps({"algo": "Adam-vs-C", "kwargs": "{}", "dtype": str(dtype), "param_diff": diff, "state_diff": 0.0}))
+
+# state in fewer bits and rounded bfloat16 weights (torchstep.core.lowbit) through the Triton kernel
+LOWBIT = [("AdamW", dict(lr=1e-2, state_dtype="int8"), torch.float32),
+          ("AdamW", dict(lr=1e-2, state_dtype=torch.bfloat16), torch.float32),
+          ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, state_dtype="int8"), torch.float32),
+          ("Lion", dict(lr=1e-3, state_dtype="int8"), torch.float64),
+          ("AdamW", dict(lr=1e-2, stochastic_rounding=True), torch.bfloat16),
+          ("AdamW", dict(lr=1e-2, kahan=True, state_dtype=torch.bfloat16), torch.bfloat16),
+          ("Adam", dict(lr=1e-2, stochastic_rounding=3, state_dtype="int8"), torch.bfloat16)]
+for algo, kwargs, dtype in LOWBIT:
+    gen_shapes = [(3, 2000), (5,)]  # 6000 elements: int8 blocks, the last one partial; 5: full precision
+    outs = []
+    for backend in ("triton", "reference"):
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in gen_shapes]
+        opt = getattr(ts_optim, algo)(params, **kwargs)
+        with use(backend):
+            for _ in range(3):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+                opt.step()
+        outs.append((params, opt))
+    (a, oa), (b, ob) = outs
+    diff = max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+    codes = [(oa.state[x][k].long() - ob.state[y][k].long()).abs().max().item()
+             for x, y in zip(a, b) for k in ob.state[y] if ob.state[y][k].dtype == torch.uint8]
+    others = [(oa.state[x][k].double() - ob.state[y][k].double()).abs().max().item()
+              for x, y in zip(a, b) for k in ob.state[y] if ob.state[y][k].dtype != torch.uint8]
+    print(json.dumps({"algo": f"lowbit-{algo}", "kwargs": repr(kwargs), "dtype": "lowbit " + str(dtype),
+                      "param_diff": diff, "state_diff": max(others), "code_diff": max(codes, default=0),
+                      "has_codes": bool(codes)}), flush=True)

@@ -77,15 +77,16 @@ class TritonKernel:
     """A Triton kernel (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``)."""
 
     def __init__(self, program, dtype: torch.dtype, forms: tuple = (), rounding: str = "") -> None:
-        if any(f != lowbit.FULL for f in forms) or rounding:
-            raise cpu_kernel.KernelUnavailable("no Triton kernel yet for state_dtype, stochastic_rounding or kahan")
-        self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype))
+        self.forms, self.rounding = tuple(forms), rounding
+        self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype, forms, rounding))
 
     def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None,
             sums: torch.Tensor | None = None) -> None:
         """As :meth:`CKernel.run`; per-tensor scalars arrive as float64 tables viewed as int64."""
         chunks = _chunks(sizes, triton_kernel.BLOCK)
         ptrs = torch.cat([t.view(torch.int64).to(device) for t in tables])
+        if any(f in lowbit.INT8_FORMS for f in self.forms):  # the code maps after the scalars (and seed)
+            args = list(args) + triton_kernel.lowbit_args(self.forms, "")
         triton_kernel.launch(self.kernel, ptrs, len(sizes), chunks, torch.tensor(args, dtype=torch.float64), device, sums)
 
     def run_prepared(self, launch: Launch, args: list[float], sums: torch.Tensor | None = None) -> None:
