@@ -48,3 +48,30 @@ def test_every_elementwise_algorithm_is_benchmarked():
     classes = {cls for cls, *_ in ALGORITHMS.values()}
     for name in ["SGD", "Adam", "AdamW", "Adagrad", "Adadelta", "RMSprop", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]:
         assert name in classes and hasattr(optim, name)
+
+
+def test_bench_lowbit_rows(tmp_path):
+    """``torchstep bench --lowbit``: a row per algorithm and state dtype, with the state bytes
+    measured from the optimizer (int8 AdamW: 2 bytes of codes + 8/256 of scales per parameter)."""
+    out = tmp_path / "lowbit.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "torchstep.cli", "bench", "--lowbit", "--algorithms", "adamw,lion", "--layouts", "1x64k",
+         "--repeat", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| adamw | int8 | 1x64k |" in result.stdout and "| lion | bfloat16 | 1x64k |" in result.stdout
+    rows = {(r["algorithm"], r["state_dtype"]): r for r in json.loads(out.read_text())["rows"]}
+    assert len(rows) == 6
+    assert rows[("adamw", "float32")]["state_bytes_per_param"] == 8
+    assert rows[("adamw", "bfloat16")]["state_bytes_per_param"] == 4
+    assert rows[("adamw", "int8")]["state_bytes_per_param"] == pytest.approx(2 + 8 / 256)
+    assert rows[("lion", "int8")]["state_bytes_per_param"] == pytest.approx(1 + 4 / 256)
+    assert rows[("adamw", "int8")]["bytes_per_element"] == pytest.approx(12 + 4 * (1 + 4 / 256))
+    assert rows[("lion", "int8")]["torch_fused_ms"] != rows[("lion", "int8")]["torch_fused_ms"]  # torch has no Lion
+
+
+def test_bench_lowbit_refuses_other_algorithms():
+    result = subprocess.run([sys.executable, "-m", "torchstep.cli", "bench", "--lowbit", "--algorithms", "rprop"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown algorithm(s) rprop; choose from adamw, adam, sgd_momentum, lion" in result.stderr
