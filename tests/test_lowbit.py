@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -458,3 +459,28 @@ def test_a_compact_checkpoint_of_another_model_is_refused():
     fresh = O.AdamW(other, state_dtype="int8")
     with pytest.raises(ValueError, match="shape"):
         fresh.load_state_dict(opt.state_dict(compact=True))
+
+
+@pytest.mark.parametrize("cls, kwargs", [(O.Adagrad, {}), (O.SGD, dict(momentum=0.9))])
+def test_sparse_gradients_with_int8_state(cls, kwargs):
+    """Sparse gradients take the reference path: Adagrad's dense sum is held in int8; SGD's momentum
+    buffer, sparse like its gradients, stays as it is. Both follow torch closely."""
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Embedding(1000, 8, sparse=True), torch.nn.Embedding(1000, 8, sparse=True)
+    theirs.load_state_dict(ours.state_dict())
+    a = cls(ours.parameters(), lr=0.1, state_dtype="int8", **kwargs)
+    b = getattr(torch.optim, cls.__name__)(theirs.parameters(), lr=0.1, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            idx = torch.randint(0, 1000, (20,))
+            for model, opt in ((ours, a), (theirs, b)):
+                opt.zero_grad()
+                model(idx).square().sum().backward()
+                opt.step()
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=2e-2)
+    held = a.state[ours.weight]
+    if cls is O.Adagrad:
+        assert held["sum"].dtype == torch.uint8
+    else:
+        assert held["momentum_buffer"].layout == torch.sparse_coo

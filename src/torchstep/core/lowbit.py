@@ -320,6 +320,8 @@ def hold(algo: Any, state: dict, name: str, p: torch.Tensor, form: str) -> None:
     held = held_form(state, name, p)
     if held is None or held == form or (held == "int8" and form in INT8_FORMS):
         return
+    if state[name].layout != torch.strided:  # a sparse buffer (SGD's, from sparse gradients) stays as it is
+        return
     value = full_value(algo, state, name, p)
     state.pop(name + ABSMAX, None)
     if form == FULL:
