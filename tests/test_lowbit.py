@@ -484,3 +484,19 @@ def test_sparse_gradients_with_int8_state(cls, kwargs):
         assert held["sum"].dtype == torch.uint8
     else:
         assert held["momentum_buffer"].layout == torch.sparse_coo
+
+
+def test_a_positive_second_moment_never_reads_back_as_zero():
+    """The zero-point problem: v coded as 0 would make m / (sqrt(v) + eps) explode; the unsigned
+    map codes any positive value as at least its smallest non-zero code, zero as zero."""
+    x = torch.zeros(512)
+    x[0], x[1], x[2], x[300] = 1.0, 1e-12, 1e-30, 1e-9
+    codes, absmax = lowbit.quantize(x, lowbit.INT8_UNSIGNED)
+    assert codes[:4].tolist() == [255, 1, 1, 0] and codes[300] == 255
+    p = torch.nn.Parameter(torch.zeros(512 * 8))
+    opt = O.Adagrad([p], lr=0.1, state_dtype="int8")
+    p.grad = torch.zeros_like(p)
+    p.grad[0], p.grad[1], p.grad[2] = 1.0, 1e-6, 1e-15  # squared: 1, 1e-12, 1e-30
+    with dispatch.use("fused"):
+        opt.step()
+    assert opt.state[p]["sum"][:4].tolist() == [255, 1, 1, 0]

@@ -191,10 +191,10 @@ static inline uint8_t code_search(const float *mid, float x) {  /* how many midp
   return (uint8_t)idx;
 }
 /* A value's key: its sign, its exponent clamped to [2^-31, 2) and 7 bits of mantissa (the top 16
-   bits of a float of that range). No two midpoints share a key (none lies below 2^-21 in
+   bits of a float of that range). No two midpoints share a key (none lies in (0, 2^-21) in
    magnitude), so lut[key] holds all a search needs: the midpoints below the key's range (bits
    0-7), whether one lies inside it (bit 8) and that one's low 16 bits (bits 16-31), which order
-   values of one key as their magnitudes do. */
+   values of one key as their magnitudes do. Zero itself is told apart: a midpoint may be 0. */
 static inline uint32_t code_key(uint32_t u) {
   uint32_t e = (u >> 23) & 0xffu;
   e = e < 96u ? 96u : (e > 127u ? 127u : e);
@@ -210,11 +210,11 @@ static void fill_lut(uint32_t *lut, const float *mid) {
     lut[key] = low | (inside << 8) | (inside ? (m.u << 16) : 0u);
   }
 }
-static inline uint8_t code_of(const uint32_t *lut, float x) {
+static inline uint8_t code_of(const uint32_t *lut, float x, uint32_t zero) {
   union { float f; uint32_t u; } v; v.f = x;
   const uint32_t entry = lut[code_key(v.u)], low16 = v.u & 0xffffu, mid16 = entry >> 16;
   const uint32_t past = (v.u >> 31) ? (mid16 > low16) : (mid16 < low16);  /* the midpoint lies below x */
-  return (uint8_t)((entry & 0xffu) + (((entry >> 8) & 1u) & past));
+  return (uint8_t)(x == 0.0f ? zero : (entry & 0xffu) + (((entry >> 8) & 1u) & past));
 }
 static inline uint32_t abs_bits(float x) { union { float f; uint32_t u; } v; v.f = x; return v.u & 0x7fffffffu; }
 static inline uint32_t mix32(uint32_t x) {
@@ -334,7 +334,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
                 f"        const float am = m{k} > 0x7f800000u ? NAN : top.f; a{k}[blk] = am;",
                 "        const float inv = am > 0 ? 1.0f / am : 0.0f;",
                 "        #pragma omp simd",
-                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_of(LUT{k}, q{k}[j] * inv); }}",
+                f"        for (int64_t j = 0; j < bend - b0; ++j) x{k}[b0 + j] = code_of(LUT{k}, q{k}[j] * inv, {int((lowbit.MIDPOINTS[form[k]] < 0).sum())}u); }}",
             ]
         loop.append("    }")
     else:

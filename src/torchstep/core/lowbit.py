@@ -13,7 +13,8 @@ Three group options (constructor keywords of every element-wise algorithm, or pe
     .. math::
         c_i = \arg\min_k |q_k - x_i / a_b| \qquad \hat x_i = q_{c_i}\, a_b
 
-    (a value exactly between two codes takes the lower one). The code maps :math:`q` are
+    (a value exactly between two codes takes the lower one; with the unsigned map a positive value
+    never takes the code 0, so a second moment never reads back as zero). The code maps :math:`q` are
     *dynamic* maps: 256 sorted values in :math:`[-1, 1]` (signed, for state that can be negative)
     or :math:`[0, 1]` (unsigned, for the state an algorithm lists in ``nonnegative_state``) whose
     magnitudes are spread over seven decades (:func:`dynamic_code`), so small values keep their
@@ -80,8 +81,12 @@ def dynamic_code(signed: bool) -> torch.Tensor:
 
 
 CODES = {INT8_SIGNED: dynamic_code(True), INT8_UNSIGNED: dynamic_code(False)}
-# a value is coded as the number of midpoints below it (ties go to the lower code)
+# a value is coded as the number of midpoints below it (ties go to the lower code); the unsigned
+# map's first "midpoint" is 0 itself, so no positive value is coded as zero: a second moment that
+# read back as 0 would turn the update m / (sqrt(v) + eps) into m / eps (Li et al., "Memory
+# Efficient Optimizers with 4-bit States", NeurIPS 2023, the zero-point problem)
 MIDPOINTS = {form: ((c[1:].double() + c[:-1].double()) / 2).float() for form, c in CODES.items()}
+MIDPOINTS[INT8_UNSIGNED][0] = 0.0
 
 
 # -- options ----------------------------------------------------------------------------
