@@ -251,7 +251,8 @@ def test_a_group_may_choose_its_own_state_dtype_and_change_it():
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    (dict(state_dtype="int4"), r"state_dtype must be None, torch.bfloat16 \(or 'bfloat16'\) or 'int8', got 'int4'"),
+    (dict(state_dtype="int4"), r"state_dtype must be None, torch.float32, torch.bfloat16 \(or 'float32', 'bfloat16'\) "
+                               r"or 'int8', got 'int4'"),
     (dict(state_dtype=torch.float16), r"state_dtype must be .* got torch.float16"),
     (dict(stochastic_rounding=-1), r"stochastic_rounding must be True, False or a non-negative integer seed, got -1"),
     (dict(kahan=1), r"kahan must be True or False, got 1"),
@@ -500,3 +501,37 @@ def test_a_positive_second_moment_never_reads_back_as_zero():
     with dispatch.use("fused"):
         opt.step()
     assert opt.state[p]["sum"][:4].tolist() == [255, 1, 1, 0]
+
+
+def test_float32_state_for_bfloat16_weights():
+    """state_dtype=torch.float32 gives a bfloat16 parameter float32 state, read and written by the
+    kernel as such (the reference path computes in float32 too, as the kernel does)."""
+    fused_params, fused = _train(O.AdamW, dict(lr=1e-3, state_dtype=torch.float32, stochastic_rounding=True), "fused",
+                                 dtype=torch.bfloat16)
+    ref_params, ref = _train(O.AdamW, dict(lr=1e-3, state_dtype="float32", stochastic_rounding=True), "reference",
+                             dtype=torch.bfloat16)
+    for pf, pr in zip(fused_params, ref_params):
+        assert fused.state[pf]["exp_avg"].dtype == torch.float32
+        assert torch.equal(pf, pr)
+        torch.testing.assert_close(fused.state[pf]["exp_avg_sq"], ref.state[pr]["exp_avg_sq"], rtol=1e-6, atol=1e-9)
+    # torch's format keeps float32 state as it is (torch.optim casts it to the parameter's dtype on load)
+    saved = copy.deepcopy(fused.state_dict())
+    assert saved["state"][0]["exp_avg"].dtype == torch.float32
+    theirs = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone()) for p in fused_params], lr=1e-3)
+    theirs.load_state_dict(saved)
+    assert theirs.state[theirs.param_groups[0]["params"][0]]["exp_avg"].dtype == torch.bfloat16
+
+
+def test_bfloat16_state_is_rounded_stochastically():
+    """A second moment whose per-step change is under half a bfloat16 step: rounded to nearest it
+    would never move; rounded stochastically it follows the float32 one on average."""
+    p = torch.nn.Parameter(torch.zeros(1 << 14))
+    opt = O.Adam([p], lr=0.0, betas=(0.9, 0.999), state_dtype=torch.bfloat16)
+    exact = torch.zeros(())
+    for step in range(60):
+        p.grad = torch.ones_like(p) * (1.0 if step < 10 else 1.2)  # g^2 moves from 1 to 1.44
+        opt.step()
+        exact = exact * 0.999 + 0.001 * float(p.grad[0]) ** 2
+    held = opt.state[p]["exp_avg_sq"].float()
+    assert abs(float(held.mean()) - float(exact)) < 2e-4 * float(exact) + 1e-6, (float(held.mean()), float(exact))
+    assert held.unique().numel() > 1  # rounded both ways

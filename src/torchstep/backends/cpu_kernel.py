@@ -250,9 +250,14 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     body = []
     ref = lambda j: f"c{j}" if j in slots else f"v{j}"  # noqa: E731
 
+    stochastic = {k for k in range(2, nin) if lowbit.stochastic_state(form[k], dtype, rounding)}
+    bits = lowbit.needs_bits(forms, rounding)
+
     def load(k: int) -> str:
         if form[k] == lowbit.BF16:
             return f"({ctype})bf16_load(x{k}[i])"
+        if form[k] == lowbit.F32:
+            return f"({ctype})x{k}[i]"
         if form[k] in lowbit.INT8_FORMS:
             return f"({ctype})(CODE{k}[x{k}[i]] * sc{k})"
         return load_fmt.format(f"x{k}[i]")
@@ -271,8 +276,12 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     for n, j in program.outputs.items():
         k = program.inputs.index(n)
         value = f"{'c' if j in slots else 'v'}{j}"
-        if form[k] == lowbit.BF16:
+        if k in stochastic:
+            stores.append(f"      x{k}[i] = bf16_store_sr((float){value}, mix32((uint32_t)(start + i) ^ key{k}) & 0xffffu);")
+        elif form[k] == lowbit.BF16:
             stores.append(f"      x{k}[i] = bf16_store((float){value});")
+        elif form[k] == lowbit.F32:
+            stores.append(f"      x{k}[i] = (float){value};")
         elif form[k] in lowbit.INT8_FORMS:
             written_q.append(k)
             stores.append(f"      {{ const float q = (float){value}; q{k}[i - b0] = q; const uint32_t u = abs_bits(q); "
@@ -288,7 +297,8 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     table = nin
     ptrs = []
     for k in range(nin):
-        kind = {lowbit.BF16: "uint16_t", lowbit.INT8_SIGNED: "uint8_t", lowbit.INT8_UNSIGNED: "uint8_t"}.get(form[k], storage)
+        kind = {lowbit.BF16: "uint16_t", lowbit.F32: "float", lowbit.INT8_SIGNED: "uint8_t",
+                lowbit.INT8_UNSIGNED: "uint8_t"}.get(form[k], storage)
         ptrs.append(f"    {kind} *restrict x{k} = (({kind} *const *)ptrs[{k}])[t] + start;")
     for k in quantized:
         ptrs.append(f"    float *restrict a{k} = ((float *const *)ptrs[{table}])[t];")
@@ -296,9 +306,10 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     if rounding == "kahan":
         ptrs.append(f"    uint16_t *restrict kc = ((uint16_t *const *)ptrs[{table}])[t] + start;")
         table += 1
-    if rounding == "sr":
+    if bits:
         ptrs.append(f"    const uint32_t key = mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ rstep) ^ "
                     f"(uint32_t)((const int64_t *)ptrs[{table}])[t]);")
+        ptrs += [f"    const uint32_t key{k} = mix32(key ^ {(0x9E3779B9 * k) & 0xFFFFFFFF}u);" for k in sorted(stochastic)]
         table += 1
     ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{table + k}])[t];"
              for k in range(len(program.per_tensor))]
@@ -310,7 +321,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     tables += [_c_floats(f"MID{k}", torch.cat([lowbit.MIDPOINTS[form[k]], inf])) for k in written_q]
     tables += [f"static uint32_t LUT{k}[8192]; static volatile int LUT{k}_ready = 0;" for k in written_q]
     head += [f"  if (!LUT{k}_ready) {{ fill_lut(LUT{k}, MID{k}); LUT{k}_ready = 1; }}" for k in written_q]
-    if rounding == "sr":
+    if bits:
         head += [f"  const uint32_t seed = (uint32_t)(int64_t)args[{nuniform}];",
                  f"  const uint32_t rstep = (uint32_t)(int64_t)args[{nuniform + 1}];"]
     simd = "    #pragma omp simd" + (f" reduction(+:{','.join(sums)})" if sums else "")
@@ -344,7 +355,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
         "#include <math.h>",
         "#include <stdint.h>",
         _HALF_HELPERS if half else "",
-        _LOWBIT_HELPERS if (quantized or rounding) else "",
+        _LOWBIT_HELPERS if (quantized or rounding or bits) else "",
         *tables,
         "void step(int64_t nchunks, const int64_t *chunk_tensor, const int64_t *chunk_start, const int64_t *chunk_len,",
         "          void *const *const *ptrs, const double *args, double *sums, int nthreads) {",

@@ -275,7 +275,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
     for (kind, dtype, _), members in by_kind.items():
         tables = [pointer_table([real(shard(params[i])) for i in members])]
         tables += [pointer_table([real(shard(states[i][n])) for i in members]) for n in operands]
-        if how == "sr":  # the parameters' numbers, for their rounding bits
+        if lowbit.needs_bits(forms, how):  # the parameters' numbers, for their rounding bits
             numbers = opt._param_numbers()
             tables.append(torch.tensor([numbers[id(params[i])] for i in members], dtype=torch.int64))
         sizes = tuple(real(shard(params[i])).numel() for i in members)
@@ -436,7 +436,7 @@ def _launch(opt, plan: Plan, item: _Work) -> None:
                 plan.counters.broadcast(n, members, lead[n])
     values = {**scalars, **item.values}
     uniform = cpu_kernel.evaluate_uniform(item.program, [wrappers.squeeze_scalar(values[k]) for k in item.program.scalars])
-    if plan.rounding == "sr":  # the seed and step the rounding bits are drawn from
+    if lowbit.needs_bits(plan.forms, plan.rounding):  # the seed and step the rounding bits are drawn from
         group = item.group
         uniform = [*uniform, float(lowbit.seed(group)), float(int(group.get("rounding_step", 0)) & 0xFFFFFFFF)]
     device = plan_mod.shard_of(plan.params[members[0]]).device

@@ -75,10 +75,11 @@ def update_in_low_precision(algo: Any, p: torch.Tensor, g: torch.Tensor, state: 
     Kahan compensation -- and the state is written back in its form, the parameter rounded as
     asked."""
     how = lowbit.rounding(p, group)
-    work = torch.float32 if how else p.dtype
-    pw = p.detach().to(work) if how else p
+    half = p.dtype in (torch.bfloat16, torch.float16)  # computed in float32, as the kernels do
+    work = torch.float32 if half else p.dtype
+    pw = p.detach().to(work) if half else p
     old = pw.clone() if how == "kahan" else None
-    gw = g.to(work) if how else g
+    gw = g.to(work) if half else g
     gw = wrappers.prepare_grad(pw, gw, group, sparse_weight_decay=algo.sparse_weight_decay,
                                weight_decay=not algo.applies_weight_decay)
     element = [n for n in names if n not in algo.scalar_state]
@@ -90,12 +91,18 @@ def update_in_low_precision(algo: Any, p: torch.Tensor, g: torch.Tensor, state: 
     else:
         algo.update(wrappers.as_real(pw), wrappers.as_real(gw), **{n: wrappers.as_real(t) for n, t in tensors.items()},
                     **scalars)
-    for n, t in tensors.items():
-        lowbit.write_value(algo, state, n, p, t)
     local = lowbit._local
+    key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
+    for n, t in tensors.items():
+        bits = None
+        if lowbit.stochastic_state(lowbit.form_of(algo, p, group, n), p.dtype, how):
+            operand = 2 + element.index(n)  # as the kernels number their operands: p, g, then the state
+            bits = lowbit.random_bits(lowbit.state_key(key, operand), local(p).numel(), p.device)
+        lowbit.write_value(algo, state, n, p, t, bits)
     if how == "sr":
-        key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
         bits = lowbit.random_bits(key, local(p).numel(), p.device)
         local(p).copy_(lowbit.round_stochastic(local(pw).float(), bits).view(local(p).shape))
     elif how == "kahan":
         lowbit.kahan_write(local(p), local(old), local(pw), local(state[lowbit.KAHAN]))
+    elif half:
+        p.copy_(pw)

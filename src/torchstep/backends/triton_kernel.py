@@ -106,7 +106,10 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
         "    offs = tl.arange(0, BLOCK)",
         "    mask = offs < tl.load(chunk_len + c)",
     ]
-    kinds = {lowbit.BF16: "tl.bfloat16", lowbit.INT8_SIGNED: "tl.uint8", lowbit.INT8_UNSIGNED: "tl.uint8"}
+    kinds = {lowbit.BF16: "tl.bfloat16", lowbit.F32: "tl.float32", lowbit.INT8_SIGNED: "tl.uint8",
+             lowbit.INT8_UNSIGNED: "tl.uint8"}
+    stochastic = {k for k in range(2, nin) if lowbit.stochastic_state(form[k], dtype, rounding)}
+    bits = lowbit.needs_bits(forms, rounding)
     for k in range(nin):
         lines.append(f"    x{k} = tl.load(ptrs + {k} * NT + t).to(tl.pointer_type({kinds.get(form[k], storage)})) + start + offs")
     table = nin
@@ -118,9 +121,10 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
     if rounding == "kahan":
         lines.append(f"    kc = tl.load(ptrs + {table} * NT + t).to(tl.pointer_type(tl.bfloat16)) + start + offs")
         table += 1
-    if rounding == "sr":
+    if bits:
         lines += [f"    seed = tl.load(args + {extra}).to(tl.uint32)", f"    rstep = tl.load(args + {extra + 1}).to(tl.uint32)",
                   f"    key = _mix32(_mix32(_mix32(seed ^ 0x9E3779B9) ^ rstep) ^ tl.load(ptrs + {table} * NT + t).to(tl.uint32))"]
+        lines += [f"    key{k} = _mix32(key ^ {(0x9E3779B9 * k) & 0xFFFFFFFF})" for k in sorted(stochastic)]
         table += 1
         extra += 2
     code_at = {}
@@ -147,7 +151,11 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
     for name, j in program.outputs.items():
         value = f"c{j}" if j in slots else f"v{j}"
         k = program.inputs.index(name)
-        if form[k] == lowbit.BF16 or (dtype == torch.bfloat16 and k not in code_at and not (k == 0 and rounding)):
+        if k in stochastic:
+            lines.append(f"    tl.store(x{k}, _round_sr(({value}).to(tl.float32), _mix32((start + offs).to(tl.uint32) ^ key{k}) & 0xFFFF), mask=mask)")
+        elif form[k] == lowbit.F32:
+            lines.append(f"    tl.store(x{k}, ({value}).to(tl.float32), mask=mask)")
+        elif form[k] == lowbit.BF16 or (dtype == torch.bfloat16 and k not in code_at and not (k == 0 and rounding)):
             lines.append(f"    tl.store(x{k}, _bf16_rne(({value}).to(tl.float32)), mask=mask)")
         elif k in code_at:
             lines += _quantize_lines(k, value, code_at[k])
@@ -165,7 +173,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
         value = f"c{j}" if j in slots else f"v{j}"
         lines.append(f"    d{r} = tl.where(mask, ({value}).to(tl.float64), 0.0)")
         lines.append(f"    tl.store(sums + {r} * tl.num_programs(0) + c, tl.sum({f'd{r} * d{r}' if squared else f'd{r}'}, axis=0))")
-    if quantized or rounding or dtype == torch.bfloat16 or any(f == lowbit.BF16 for f in forms):
+    if quantized or rounding or bits or dtype == torch.bfloat16:
         lines = lines[:2] + [_HELPERS] + lines[2:]
     return "\n".join(lines) + "\n"
 

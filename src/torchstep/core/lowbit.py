@@ -4,7 +4,7 @@ Three group options (constructor keywords of every element-wise algorithm, or pe
 
 ``state_dtype``
     ``None`` (default): the parameter's dtype, exactly torch's behaviour. ``torch.bfloat16``: each
-    state tensor is held in bfloat16 (read as float, rounded to nearest on write). ``"int8"``:
+    state tensor is held in bfloat16 (read as float, rounded stochastically on write, see below). ``"int8"``:
     block-wise quantization (Dettmers et al., "8-bit Optimizers via Block-wise Quantization",
     ICLR 2022). A state tensor :math:`x` is cut into blocks of ``BLOCK`` = 256 consecutive
     elements; block :math:`b` keeps :math:`a_b = \max_{i \in b} |x_i|` (float32) and each element
@@ -24,12 +24,17 @@ Three group options (constructor keywords of every element-wise algorithm, or pe
     whole parameter, not a shard of it, so one device, DDP and FSDP2 agree -- stays in full
     precision, as does the state an algorithm lists in ``exact_state`` (a parameter average, or
     Schedule-Free's ``z``, which is a copy of the weights).
+    ``torch.float32``: float32 state for a 16-bit (or float64) parameter.
+    bfloat16 state of a wider parameter is written with stochastic rounding (below): rounded to
+    nearest, a second moment whose per-step change (``1 - beta2``) is under half a bfloat16 step
+    would stall.
 ``stochastic_rounding``
     ``True`` (seed 0) or an integer seed: a bfloat16 parameter's new value, computed in float32,
     is rounded to bfloat16 stochastically -- up with probability equal to the fraction of the
     gap below it -- so updates smaller than half a bfloat16 step still move the weight on
-    average. The random bits are a hash of (seed, the group's ``rounding_step`` counter, the
-    parameter's number, the element's index): reproducible, and independent of threads.
+    average; so is its state where that is bfloat16 too. The random bits are a hash of (seed,
+    the group's ``rounding_step`` counter, the parameter's number, the operand, the element's
+    index): reproducible, and independent of threads.
 ``kahan``
     ``True``: a bfloat16 parameter keeps a bfloat16 compensation buffer ``kahan_comp`` holding
     what rounding took off the last update, added back into the next:
@@ -55,7 +60,7 @@ ABSMAX = ".absmax"
 KAHAN = "kahan_comp"
 OPTIONS = ("state_dtype", "stochastic_rounding", "kahan")
 
-FULL, BF16, INT8_SIGNED, INT8_UNSIGNED = "full", "bf16", "int8s", "int8u"
+FULL, BF16, F32, INT8_SIGNED, INT8_UNSIGNED = "full", "bf16", "f32", "int8s", "int8u"
 INT8_FORMS = (INT8_SIGNED, INT8_UNSIGNED)
 
 
@@ -101,10 +106,11 @@ def check_group(algo: Any, group: dict, owner: str) -> None:
     """Validate the options of this module in ``group`` (ValueError naming the option, its
     value and what is allowed); ``algo``: the optimizer's element-wise Algorithm, or None."""
     sd = group.get("state_dtype")
-    if isinstance(sd, str) and sd in ("bfloat16", "bf16"):  # a spelling setups and configs can write
-        sd = group["state_dtype"] = torch.bfloat16
-    if sd is not None and sd != torch.bfloat16 and sd != "int8":
-        raise ValueError(f"state_dtype must be None, torch.bfloat16 (or 'bfloat16') or 'int8', got {sd!r}")
+    if isinstance(sd, str) and sd in ("bfloat16", "bf16", "float32"):  # spellings setups and configs can write
+        sd = group["state_dtype"] = torch.bfloat16 if sd != "float32" else torch.float32
+    if sd is not None and sd != torch.bfloat16 and sd != torch.float32 and sd != "int8":
+        raise ValueError("state_dtype must be None, torch.float32, torch.bfloat16 (or 'float32', 'bfloat16') or "
+                         f"'int8', got {sd!r}")
     sr = group.get("stochastic_rounding", False)
     if not isinstance(sr, (bool, int)) or (not isinstance(sr, bool) and sr < 0):
         raise ValueError(f"stochastic_rounding must be True, False or a non-negative integer seed, got {sr!r}")
@@ -159,6 +165,8 @@ def form_of(algo: Any, p: torch.Tensor, group: dict, name: str) -> str:
         return FULL
     if sd == torch.bfloat16:
         return FULL if p.dtype == torch.bfloat16 else BF16
+    if sd == torch.float32:
+        return FULL if p.dtype == torch.float32 else F32
     if p.numel() < MIN_QUANTIZED:
         return FULL
     return INT8_UNSIGNED if name in algo.nonnegative_state else INT8_SIGNED
@@ -186,6 +194,8 @@ def held_form(state: dict, name: str, p: torch.Tensor) -> str | None:
         return "int8"
     if dtype == torch.bfloat16 and p.dtype != torch.bfloat16:
         return BF16
+    if dtype == torch.float32 and p.dtype != torch.float32 and p.is_floating_point():
+        return F32
     return FULL
 
 
@@ -306,9 +316,11 @@ def full_value(algo: Any, state: dict, name: str, p: torch.Tensor, dtype: torch.
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def write_value(algo: Any, state: dict, name: str, p: torch.Tensor, value: torch.Tensor) -> None:
-    """Store full-precision ``value`` into state ``name`` in the form it is held in (rounded to
-    nearest for bfloat16, re-quantized for int8); nothing to do when ``value`` is the held tensor."""
+def write_value(algo: Any, state: dict, name: str, p: torch.Tensor, value: torch.Tensor,
+                bits: torch.Tensor | None = None) -> None:
+    """Store full-precision ``value`` into state ``name`` in the form it is held in: re-quantized
+    for int8; for bfloat16, rounded stochastically with ``bits`` (16 per element) when given, else
+    to nearest. Nothing to do when ``value`` is the held tensor."""
     t = state[name]
     if value is t:
         return
@@ -316,6 +328,8 @@ def write_value(algo: Any, state: dict, name: str, p: torch.Tensor, value: torch
         codes, absmax = quantize(_local(value), int8_form(algo, name))
         _local(t).copy_(codes)
         state[name + ABSMAX].copy_(absmax)
+    elif bits is not None and t.dtype == torch.bfloat16:
+        _local(t).copy_(round_stochastic(_local(value).float(), bits).view(_local(t).shape))
     else:
         t.copy_(value)
 
@@ -331,8 +345,8 @@ def hold(algo: Any, state: dict, name: str, p: torch.Tensor, form: str) -> None:
     state.pop(name + ABSMAX, None)
     if form == FULL:
         state[name] = value
-    elif form == BF16:
-        state[name] = value.to(torch.bfloat16)
+    elif form in (BF16, F32):
+        state[name] = value.to(torch.bfloat16 if form == BF16 else torch.float32)
     else:
         codes, absmax = quantize(_local(value), form)
         state[name] = _like(codes, p)
@@ -356,11 +370,11 @@ def conform(algo: Any, p: torch.Tensor, group: dict, state: dict) -> None:
 
 def touched(group: dict, state: dict, p: torch.Tensor) -> bool:
     """Whether :func:`conform` may have something to do: the group has options of this module,
-    or the state holds something in a reduced form (the options were turned off since)."""
+    or the state holds something in another form (the options were turned off since)."""
     if active(group):
         return True
-    return any(k == KAHAN or k.endswith(ABSMAX) or (torch.is_tensor(v) and v.dtype == torch.bfloat16
-                                                     and p.dtype != torch.bfloat16) for k, v in state.items())
+    return any(k == KAHAN or k.endswith(ABSMAX) or (torch.is_tensor(v) and v.dim() and v.is_floating_point()
+                                                     and v.dtype != p.dtype) for k, v in state.items())
 
 
 def operand_names(names: tuple[str, ...], forms: tuple[str, ...], how: str) -> tuple[str, ...]:
@@ -377,11 +391,32 @@ def expected(p_local: torch.Tensor, name: str, forms: dict[str, str]) -> tuple[t
     if name.endswith(ABSMAX):
         return torch.float32, (blocks(p_local.numel()),)
     form = forms[name]
-    dtype = {BF16: torch.bfloat16, INT8_SIGNED: torch.uint8, INT8_UNSIGNED: torch.uint8}.get(form, p_local.dtype)
+    dtype = {BF16: torch.bfloat16, F32: torch.float32, INT8_SIGNED: torch.uint8,
+             INT8_UNSIGNED: torch.uint8}.get(form, p_local.dtype)
     return dtype, tuple(p_local.shape)
 
 
+def stochastic_state(form: str, dtype: torch.dtype, how: str) -> bool:
+    """Whether a state operand held in ``form`` beside a ``dtype`` parameter written ``how`` is
+    written with stochastic rounding: bfloat16 state held for a wider parameter always (rounded to
+    nearest, a second moment whose per-step change (1 - beta2 ~ 1e-3) is under half a bfloat16
+    step would stall), and a bfloat16 parameter's own-dtype state when its group rounds
+    stochastically."""
+    return form == BF16 or (form == FULL and dtype == torch.bfloat16 and how == "sr")
+
+
+def needs_bits(forms: tuple[str, ...], how: str) -> bool:
+    """Whether a layout draws random bits (so its kernel takes the seed, the step and the
+    parameters' numbers)."""
+    return how == "sr" or BF16 in forms
+
+
+def state_key(key: int, operand: int) -> int:
+    """The key of state operand ``operand``'s rounding bits, from its parameter's key."""
+    return _mix32(key ^ ((0x9E3779B9 * operand) & _M32))
+
+
 def advance_rounding(group: dict) -> None:
-    """Count a step of a group with stochastic rounding (its bits depend on the count)."""
-    if group.get("stochastic_rounding", False) is not False:
+    """Count a step of a group that rounds stochastically (its bits depend on the count)."""
+    if group.get("stochastic_rounding", False) is not False or group.get("state_dtype") == torch.bfloat16:
         group["rounding_step"] = int(group.get("rounding_step", 0)) + 1
