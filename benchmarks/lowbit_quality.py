@@ -10,16 +10,17 @@ them all; only the setup string or the model's dtype changes):
    baseline's, and per seed from the same seed's baseline run (target: within 2 %).
 2. *bfloat16 weights*: the model converted with ``.to(torch.bfloat16)`` (floating inputs cast to
    bfloat16 on the way in, outputs cast back to float32 for the loss and the evaluation), trained
-   by AdamW writing the weights rounded to nearest, with ``stochastic_rounding=True`` and with
-   ``kahan=True``; compared with the same AdamW on float32 weights. The lr is small
+   by AdamW writing the weights rounded to nearest, with ``stochastic_rounding=True`` (which also
+   rounds the bfloat16 state stochastically), with ``kahan=True``, and with stochastic rounding and
+   ``state_dtype='float32'``; compared with the same AdamW on float32 weights. The lr is small
    (``--bf16-lr``, default 1e-4) so that most updates are below half a bfloat16 step of the
    weights and round-to-nearest stalls. Reported: the final validation losses, the relative
    differences from float32 weights and the validation-loss curve (every epoch). One more row,
    *float32 weights, evaluated in bf16*, is the float32-weight run's model copied to bfloat16 and
    evaluated that way: the part of a gap that bfloat16 arithmetic alone accounts for. And
-   *float32 weights, bfloat16 state* is part 1's bfloat16-state run at this lr: a bfloat16
-   parameter's Adam state is bfloat16 too (its dtype; ``state_dtype`` cannot make it float32), so
-   this row is the part of a gap that bfloat16 state alone accounts for.
+   *float32 weights, bfloat16 state* is part 1's bfloat16-state run at this lr: the part of a gap
+   that bfloat16 state alone accounts for (a bfloat16 parameter's state is bfloat16 unless
+   ``state_dtype='float32'``).
 
 The digits tasks run their default budget (digits-mlp 30 epochs = 1350 steps, digits-cnn 15 =
 675); charlm runs half of its default (8 epochs of 50 steps = 400 steps instead of 8 x 100) to fit
@@ -51,7 +52,8 @@ BASE = "AdamW(lr={lr:g}, weight_decay=0.01{extra})"
 STATE_VARIANTS = {"float32 state": "", "int8 state": ", state_dtype='int8'",
                   "bfloat16 state": ", state_dtype='bfloat16'"}
 BF16_VARIANTS = {"bf16 weights, round to nearest": "", "bf16 weights, stochastic rounding":
-                 ", stochastic_rounding=True", "bf16 weights, Kahan": ", kahan=True"}
+                 ", stochastic_rounding=True", "bf16 weights, Kahan": ", kahan=True",
+                 "bf16 weights, stochastic rounding, float32 state": ", stochastic_rounding=True, state_dtype='float32'"}
 FP32_WEIGHTS = "float32 weights"
 
 

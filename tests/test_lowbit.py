@@ -19,6 +19,8 @@ import torchstep.optim as O
 from torchstep.backends import dispatch
 from torchstep.core import lowbit
 
+from registry import REPRESENTATIVE
+
 BIG = (70, 80)  # 5600 elements: quantized (>= 4096), 22 blocks, the last one partial
 SMALL = (30,)  # kept in full precision
 
@@ -137,17 +139,10 @@ def test_the_fused_kernel_codes_exactly_as_the_definition(form):
 
 # -- every element-wise algorithm: fused kernel == reference, and close to full precision ----
 
+# every element-wise algorithm that keeps moment state: the registry's option-rich configuration
+# where it has one (ASGD keeps only a weight average and refuses state_dtype; tested below)
 ELEMENTWISE = {
-    "SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "Adam": dict(lr=1e-2, amsgrad=True, weight_decay=0.1),
-    "AdamW": dict(lr=1e-2, weight_decay=0.1),
-    "Adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1),
-    "Adadelta": dict(lr=1.0, rho=0.9, weight_decay=0.01),
-    "RMSprop": dict(lr=1e-2, momentum=0.5, centered=True),
-    "Adamax": dict(lr=1e-2),
-    "NAdam": dict(lr=1e-2, decoupled_weight_decay=True, weight_decay=0.01),
-    "RAdam": dict(lr=1e-2),
-    "Rprop": dict(lr=1e-2),
+    **{name: kwargs for name, kwargs in REPRESENTATIVE.items() if name != "ASGD"},
     "Lion": dict(lr=1e-3, weight_decay=0.1),
     "Adan": dict(lr=1e-2),
     "AdaBelief": dict(lr=1e-2),

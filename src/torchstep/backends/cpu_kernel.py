@@ -294,23 +294,19 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
                           f"bf16_store({old} + y); x0[i] = pn; kc[i] = bf16_store(y - (bf16_load(pn) - {old})); }}")
         else:
             stores.append(f"      x{k}[i] = {store_fn}({value});")
-    table = nin
+    scales, kahan, numbers, table = lowbit.table_layout(nin, forms, rounding)
     ptrs = []
     for k in range(nin):
         kind = {lowbit.BF16: "uint16_t", lowbit.F32: "float", lowbit.INT8_SIGNED: "uint8_t",
                 lowbit.INT8_UNSIGNED: "uint8_t"}.get(form[k], storage)
         ptrs.append(f"    {kind} *restrict x{k} = (({kind} *const *)ptrs[{k}])[t] + start;")
-    for k in quantized:
-        ptrs.append(f"    float *restrict a{k} = ((float *const *)ptrs[{table}])[t];")
-        table += 1
-    if rounding == "kahan":
-        ptrs.append(f"    uint16_t *restrict kc = ((uint16_t *const *)ptrs[{table}])[t] + start;")
-        table += 1
-    if bits:
+    ptrs += [f"    float *restrict a{k} = ((float *const *)ptrs[{at}])[t];" for k, at in scales.items()]
+    if kahan is not None:
+        ptrs.append(f"    uint16_t *restrict kc = ((uint16_t *const *)ptrs[{kahan}])[t] + start;")
+    if numbers is not None:
         ptrs.append(f"    const uint32_t key = mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ rstep) ^ "
-                    f"(uint32_t)((const int64_t *)ptrs[{table}])[t]);")
+                    f"(uint32_t)((const int64_t *)ptrs[{numbers}])[t]);")
         ptrs += [f"    const uint32_t key{k} = mix32(key ^ {(0x9E3779B9 * k) & 0xFFFFFFFF}u);" for k in sorted(stochastic)]
-        table += 1
     ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{table + k}])[t];"
              for k in range(len(program.per_tensor))]
     sums = [f"r{r}" for r in range(len(program.reductions))]

@@ -112,20 +112,17 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
     bits = lowbit.needs_bits(forms, rounding)
     for k in range(nin):
         lines.append(f"    x{k} = tl.load(ptrs + {k} * NT + t).to(tl.pointer_type({kinds.get(form[k], storage)})) + start + offs")
-    table = nin
+    scales, kahan, numbers, table = lowbit.table_layout(nin, forms, rounding)
     extra = len(slots)  # where the seed, step and code tables start in ``args``
-    for k in quantized:
-        lines.append(f"    ab{k} = tl.load(ptrs + {table} * NT + t).to(tl.pointer_type(tl.float32)) + start // {lowbit.BLOCK}")
-        lines.append(f"    a{k} = ab{k} + offs // {lowbit.BLOCK}")
-        table += 1
-    if rounding == "kahan":
-        lines.append(f"    kc = tl.load(ptrs + {table} * NT + t).to(tl.pointer_type(tl.bfloat16)) + start + offs")
-        table += 1
-    if bits:
+    for k, at in scales.items():
+        lines += [f"    ab{k} = tl.load(ptrs + {at} * NT + t).to(tl.pointer_type(tl.float32)) + start // {lowbit.BLOCK}",
+                  f"    a{k} = ab{k} + offs // {lowbit.BLOCK}"]
+    if kahan is not None:
+        lines.append(f"    kc = tl.load(ptrs + {kahan} * NT + t).to(tl.pointer_type(tl.bfloat16)) + start + offs")
+    if numbers is not None:
         lines += [f"    seed = tl.load(args + {extra}).to(tl.uint32)", f"    rstep = tl.load(args + {extra + 1}).to(tl.uint32)",
-                  f"    key = _mix32(_mix32(_mix32(seed ^ 0x9E3779B9) ^ rstep) ^ tl.load(ptrs + {table} * NT + t).to(tl.uint32))"]
+                  f"    key = _mix32(_mix32(_mix32(seed ^ 0x9E3779B9) ^ rstep) ^ tl.load(ptrs + {numbers} * NT + t).to(tl.uint32))"]
         lines += [f"    key{k} = _mix32(key ^ {(0x9E3779B9 * k) & 0xFFFFFFFF})" for k in sorted(stochastic)]
-        table += 1
         extra += 2
     code_at = {}
     for k in quantized:

@@ -384,6 +384,25 @@ def operand_names(names: tuple[str, ...], forms: tuple[str, ...], how: str) -> t
     return names + scales + ((KAHAN,) if how == "kahan" else ())
 
 
+def table_layout(inputs: int, forms: tuple[str, ...], how: str) -> tuple[dict[int, int], int | None, int | None, int]:
+    """Where a kernel finds its tables after the ``inputs`` operands' (p, g, state...): the block
+    scales of each int8 operand (by operand index), the Kahan buffer, the parameters' numbers (for
+    random bits), and the first table after them (per-tensor scalars). ``forms``: of the state
+    operands (after p and g)."""
+    table = inputs
+    scales = {}
+    for k, f in enumerate(forms, start=2):
+        if f in INT8_FORMS:
+            scales[k] = table
+            table += 1
+    kahan = numbers = None
+    if how == "kahan":
+        kahan, table = table, table + 1
+    if needs_bits(forms, how):
+        numbers, table = table, table + 1
+    return scales, kahan, numbers, table
+
+
 def expected(p_local: torch.Tensor, name: str, forms: dict[str, str]) -> tuple[torch.dtype, tuple]:
     """(dtype, shape) a kernel expects of state entry ``name`` (local shard) beside ``p_local``."""
     if name == KAHAN:
