@@ -277,7 +277,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
         k = program.inputs.index(n)
         value = f"{'c' if j in slots else 'v'}{j}"
         if k in stochastic:
-            stores.append(f"      x{k}[i] = bf16_store_sr((float){value}, mix32((uint32_t)(start + i) ^ key{k}) & 0xffffu);")
+            stores.append(f"      x{k}[i] = bf16_store_sr((float){value}, mix32((uint32_t)(first + start + i) ^ key{k}) & 0xffffu);")
         elif form[k] == lowbit.BF16:
             stores.append(f"      x{k}[i] = bf16_store((float){value});")
         elif form[k] == lowbit.F32:
@@ -287,7 +287,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
             stores.append(f"      {{ const float q = (float){value}; q{k}[i - b0] = q; const uint32_t u = abs_bits(q); "
                           f"m{k} = u > m{k} ? u : m{k}; }}")
         elif k == 0 and rounding == "sr":
-            stores.append(f"      x0[i] = bf16_store_sr((float){value}, mix32((uint32_t)(start + i) ^ key) & 0xffffu);")
+            stores.append(f"      x0[i] = bf16_store_sr((float){value}, mix32((uint32_t)(first + start + i) ^ key) & 0xffffu);")
         elif k == 0 and rounding == "kahan":
             old = f"v{program.input_node('p')}"
             stores.append(f"      {{ const float y = ((float){value} - {old}) + bf16_load(kc[i]); const uint16_t pn = "
@@ -306,6 +306,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
     if numbers is not None:
         ptrs.append(f"    const uint32_t key = mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ rstep) ^ "
                     f"(uint32_t)((const int64_t *)ptrs[{numbers}])[t]);")
+        ptrs.append(f"    const int64_t first = ((const int64_t *)ptrs[{numbers + 1}])[t];  /* the shard's first element */")
         ptrs += [f"    const uint32_t key{k} = mix32(key ^ {(0x9E3779B9 * k) & 0xFFFFFFFF}u);" for k in sorted(stochastic)]
     ptrs += [f"    const {ctype} s{k} = ({ctype})((const double *)ptrs[{table + k}])[t];"
              for k in range(len(program.per_tensor))]

@@ -278,6 +278,7 @@ def _build_plan(opt: Any, group: dict, with_grad: list, names: tuple, force_trit
         if lowbit.needs_bits(forms, how):  # the parameters' numbers, for their rounding bits
             numbers = opt._param_numbers()
             tables.append(torch.tensor([numbers[id(params[i])] for i in members], dtype=torch.int64))
+            tables.append(torch.tensor([lowbit.element_offset(params[i]) for i in members], dtype=torch.int64))
         sizes = tuple(real(shard(params[i])).numel() for i in members)
         plan.buckets.append(Bucket(kind, dtype, members, sizes, tables))
     plan.seal()

@@ -93,14 +93,15 @@ def update_in_low_precision(algo: Any, p: torch.Tensor, g: torch.Tensor, state: 
                     **scalars)
     local = lowbit._local
     key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
+    first = lowbit.element_offset(p)
     for n, t in tensors.items():
         bits = None
         if lowbit.stochastic_state(lowbit.form_of(algo, p, group, n), p.dtype, how):
             operand = 2 + element.index(n)  # as the kernels number their operands: p, g, then the state
-            bits = lowbit.random_bits(lowbit.state_key(key, operand), local(p).numel(), p.device)
+            bits = lowbit.random_bits(lowbit.state_key(key, operand), local(p).numel(), p.device, first)
         lowbit.write_value(algo, state, n, p, t, bits)
     if how == "sr":
-        bits = lowbit.random_bits(key, local(p).numel(), p.device)
+        bits = lowbit.random_bits(key, local(p).numel(), p.device, first)
         local(p).copy_(lowbit.round_stochastic(local(pw).float(), bits).view(local(p).shape))
     elif how == "kahan":
         lowbit.kahan_write(local(p), local(old), local(pw), local(state[lowbit.KAHAN]))

@@ -21,8 +21,24 @@ import torch
 if torch.distributed.is_available():
     import torch.distributed.tensor as dt
     from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset as local_shape_and_offset
 else:  # a torch built without distributed support has no DTensor
-    dt = DTensor = Partial = Replicate = distribute_tensor = None
+    dt = DTensor = Partial = Replicate = distribute_tensor = local_shape_and_offset = None
+
+
+def flat_offset(t: torch.Tensor) -> int | None:
+    """Where this rank's part of ``t`` starts in the whole tensor flattened, when that part is one
+    contiguous run of it (sharded along the first dimension only, or replicated); None otherwise.
+    0 for a plain tensor."""
+    if not is_dtensor(t):
+        return 0
+    shape, offset = local_shape_and_offset(t.shape, t.device_mesh, t.placements)
+    if tuple(shape[1:]) != tuple(t.shape[1:]):
+        return None
+    row = 1
+    for n in t.shape[1:]:
+        row *= n
+    return int(offset[0]) * row if len(offset) else 0
 
 
 def is_dtensor(t: Any) -> bool:

@@ -253,10 +253,20 @@ def tensor_key(seed_value: int, step: int, number: int) -> int:
     return _mix32(k ^ (number & _M32))
 
 
-def random_bits(key: int, numel: int, device: Any = None) -> torch.Tensor:
-    """16 random bits per element (int64 tensor): the hash of ``key`` and the element index."""
-    idx = torch.arange(numel, dtype=torch.int64, device=device) & _M32
+def random_bits(key: int, numel: int, device: Any = None, offset: int = 0) -> torch.Tensor:
+    """16 random bits per element (int64 tensor): the hash of ``key`` and the element's index in
+    the whole parameter (``offset``: that of the first, for a shard; see :func:`element_offset`)."""
+    idx = (torch.arange(numel, dtype=torch.int64, device=device) + offset) & _M32
     return _mix32(idx ^ key) & 0xFFFF
+
+
+def element_offset(p: torch.Tensor) -> int:
+    """The index in the whole flattened parameter of the first element this rank holds (0 for a
+    plain tensor): rounding bits drawn from whole-tensor indices are the same sharded or not --
+    where the shard is one contiguous run of the whole (FSDP2's dim-0 sharding); other layouts
+    draw them from local indices."""
+    offset = dtensors.flat_offset(p)
+    return 0 if offset is None else offset
 
 
 def round_stochastic(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -387,7 +397,7 @@ def operand_names(names: tuple[str, ...], forms: tuple[str, ...], how: str) -> t
 def table_layout(inputs: int, forms: tuple[str, ...], how: str) -> tuple[dict[int, int], int | None, int | None, int]:
     """Where a kernel finds its tables after the ``inputs`` operands' (p, g, state...): the block
     scales of each int8 operand (by operand index), the Kahan buffer, the parameters' numbers (for
-    random bits), and the first table after them (per-tensor scalars). ``forms``: of the state
+    random bits; the next table holds their shards' :func:`element_offset`), and the first table after them (per-tensor scalars). ``forms``: of the state
     operands (after p and g)."""
     table = inputs
     scales = {}
@@ -398,8 +408,8 @@ def table_layout(inputs: int, forms: tuple[str, ...], how: str) -> tuple[dict[in
     kahan = numbers = None
     if how == "kahan":
         kahan, table = table, table + 1
-    if needs_bits(forms, how):
-        numbers, table = table, table + 1
+    if needs_bits(forms, how):  # the parameters' numbers, then their first elements' indices
+        numbers, table = table, table + 2
     return scales, kahan, numbers, table
 
 
