@@ -498,6 +498,9 @@ def _with_foreach(rows: list[Case]) -> list[Case]:
 MODERN_ROWS = _with_foreach(MODERN_ROWS)
 _MAXIMIZE_ELSEWHERE = "tests/test_modern_elementwise.py::test_maximize_is_minimizing_the_negated_objective"
 _CAUTIOUS_ELSEWHERE = "tests/test_cautious.py (the cautious stage against the authors' formula)"
+# the low-bit options every constructor takes (torch has none of them): their own modules
+_LOWBIT_ELSEWHERE = {k: "tests/test_lowbit.py, tests/test_lowbit_random.py (fused against the reference path)"
+                     for k in ("state_dtype", "stochastic_rounding", "kahan")}
 _ELSEWHERE = {
     "Adan": {"maximize": _MAXIMIZE_ELSEWHERE + " (pytorch-optimizer's differs: tests/test_modern_differences.py)",
              "cautious": _CAUTIOUS_ELSEWHERE},
@@ -580,10 +583,11 @@ def _register() -> dict[str, Algorithm]:
     out: dict[str, Algorithm] = {}
     for name in _TORCH:
         out[name] = Algorithm(name, torch_oracle(name), f"torch.optim.{name} (torch 2.13)",
-                              rows=[c for c in CASES if c.algo == name], representative=REPRESENTATIVE[name], fused=True)
+                              rows=[c for c in CASES if c.algo == name], representative=REPRESENTATIVE[name], fused=True,
+                              tested_elsewhere=dict(_LOWBIT_ELSEWHERE))
     for name, source in _MODERN.items():
         out[name] = Algorithm(name, None, source, rows=[r for r in MODERN_ROWS if r.algo == name], fused=True,
-                              state_names=STATE_NAMES[name], tested_elsewhere=_ELSEWHERE.get(name, {}))
+                              state_names=STATE_NAMES[name], tested_elsewhere={**_LOWBIT_ELSEWHERE, **_ELSEWHERE.get(name, {})})
     for name, (source, module, fused) in _OWN_MODULE.items():
         out[name] = Algorithm(name, None, source, fused=fused, checked_in=module)
     for algo, kwargs, exc, pattern in ERRORS + MODERN_ERRORS:

@@ -53,7 +53,8 @@ def parse_layouts(spec: str) -> dict[str, tuple[int, int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    known = bench_lowbit.ALGORITHMS if args.lowbit else ALGORITHMS
+    lowbit = getattr(args, "lowbit", False)
+    known = bench_lowbit.ALGORITHMS if lowbit else ALGORITHMS
     names = list(known) if args.algorithms == "all" else [a.strip() for a in args.algorithms.split(",")]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--repeat must be >= 1, got {args.repeat}")
     if args.compile:
         return _run_compiled(args)
-    if args.lowbit:
+    if lowbit:
         print(bench_lowbit.main(parse_layouts(args.layouts), args.repeat, names, args.json,
                                 progress=lambda s: print(f"  ... {s}", file=sys.stderr, flush=True)))
         return 0

@@ -380,11 +380,14 @@ def conform(algo: Any, p: torch.Tensor, group: dict, state: dict) -> None:
 
 def touched(group: dict, state: dict, p: torch.Tensor) -> bool:
     """Whether :func:`conform` may have something to do: the group has options of this module,
-    or the state holds something in another form (the options were turned off since)."""
+    or the state holds something in a form only they make (int8, bfloat16 beside a wider
+    parameter, a Kahan buffer: the options were turned off since). (Other dtype mismatches, e.g.
+    a parameter whose data was swapped to another dtype, are left for the step to refuse, as
+    torch does.)"""
     if active(group):
         return True
-    return any(k == KAHAN or k.endswith(ABSMAX) or (torch.is_tensor(v) and v.dim() and v.is_floating_point()
-                                                     and v.dtype != p.dtype) for k, v in state.items())
+    return any(k == KAHAN or k.endswith(ABSMAX) or (torch.is_tensor(v) and v.dtype == torch.bfloat16
+                                                     and p.dtype != torch.bfloat16) for k, v in state.items())
 
 
 def operand_names(names: tuple[str, ...], forms: tuple[str, ...], how: str) -> tuple[str, ...]:

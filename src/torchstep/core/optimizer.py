@@ -343,6 +343,8 @@ class Optimizer(torch.optim.Optimizer):
         an element-wise algorithm without 0-d state of its own, no hook overridden, no closure,
         no GradScaler, not differentiable. Everything else runs eagerly, behind a graph break."""
         algo = self.algorithm
+        if any(lowbit.active(group) for group in self.param_groups):  # (counts its rounding steps eagerly)
+            return False
         return (not args and not kwargs and algo is not None and algo.advance is None
                 and not algo.scalar_state and self._step_hooks_plain and not self.defaults.get("differentiable", False)
                 and getattr(self, "grad_scale", None) is None and getattr(self, "found_inf", None) is None)
