@@ -17,7 +17,6 @@ import torch
 
 import torchstep.optim as O
 from torchstep.backends import dispatch
-from torchstep.core import lowbit
 
 from test_lowbit import ELEMENTWISE
 

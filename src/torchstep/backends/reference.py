@@ -91,7 +91,7 @@ def update_in_low_precision(algo: Any, p: torch.Tensor, g: torch.Tensor, state: 
     else:
         algo.update(wrappers.as_real(pw), wrappers.as_real(gw), **{n: wrappers.as_real(t) for n, t in tensors.items()},
                     **scalars)
-    local = lowbit._local
+    local = lowbit.local_of
     key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
     first = lowbit.element_offset(p)
     for n, t in tensors.items():

@@ -78,7 +78,7 @@ def import_state(p: torch.Tensor, state: dict) -> dict:
                                  "DTensor parameter and cannot be loaded into this one; save torch's format "
                                  "(state_dict(), the default) to change how parameters are sharded")
             out[name] = codes
-            local = lowbit._local(out[name])
+            local = lowbit.local_of(out[name])
             absmax = _absmax_in(state[name + lowbit.ABSMAX], local.numel()).to(device=local.device)
             out[name + lowbit.ABSMAX] = absmax
         elif isinstance(k, str) and k.endswith(lowbit.ABSMAX):

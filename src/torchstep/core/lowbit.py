@@ -292,7 +292,8 @@ def kahan_write(p: torch.Tensor, old: torch.Tensor, new: torch.Tensor, comp: tor
 
 # -- state held in a form, read and written in full precision -----------------------------
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_of(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (its local tensor, for a DTensor), which is where blocks and indices live."""
     return t._local_tensor if dtensors.is_dtensor(t) else t
 
 
@@ -315,12 +316,12 @@ def full_value(algo: Any, state: dict, name: str, p: torch.Tensor, dtype: torch.
     dtype = p.dtype if dtype is None else dtype
     t = state[name]
     if held_form(state, name, p) == "int8":
-        codes, absmax = _local(t), state[name + ABSMAX]
-        if tuple(codes.shape) != tuple(_local(p).shape) or absmax.dim() != 1 or absmax.numel() != blocks(codes.numel()):
+        codes, absmax = local_of(t), state[name + ABSMAX]
+        if tuple(codes.shape) != tuple(local_of(p).shape) or absmax.dim() != 1 or absmax.numel() != blocks(codes.numel()):
             raise RuntimeError(
                 f"int8 state '{name}' is inconsistent: codes of shape {tuple(codes.shape)} with "
                 f"{absmax.numel()} block scales (shape {tuple(absmax.shape)}), for a parameter (shard) of shape "
-                f"{tuple(_local(p).shape)}, which needs {blocks(_local(p).numel())}; was the state edited or "
+                f"{tuple(local_of(p).shape)}, which needs {blocks(local_of(p).numel())}; was the state edited or "
                 "loaded from another model?")
         return _like(dequantize(codes, absmax, int8_form(algo, name), dtype), p)
     return t if t.dtype == dtype else t.to(dtype)
@@ -335,11 +336,11 @@ def write_value(algo: Any, state: dict, name: str, p: torch.Tensor, value: torch
     if value is t:
         return
     if held_form(state, name, p) == "int8":
-        codes, absmax = quantize(_local(value), int8_form(algo, name))
-        _local(t).copy_(codes)
+        codes, absmax = quantize(local_of(value), int8_form(algo, name))
+        local_of(t).copy_(codes)
         state[name + ABSMAX].copy_(absmax)
     elif bits is not None and t.dtype == torch.bfloat16:
-        _local(t).copy_(round_stochastic(_local(value).float(), bits).view(_local(t).shape))
+        local_of(t).copy_(round_stochastic(local_of(value).float(), bits).view(local_of(t).shape))
     else:
         t.copy_(value)
 
@@ -358,7 +359,7 @@ def hold(algo: Any, state: dict, name: str, p: torch.Tensor, form: str) -> None:
     elif form in (BF16, F32):
         state[name] = value.to(torch.bfloat16 if form == BF16 else torch.float32)
     else:
-        codes, absmax = quantize(_local(value), form)
+        codes, absmax = quantize(local_of(value), form)
         state[name] = _like(codes, p)
         state[name + ABSMAX] = absmax
 
