@@ -530,3 +530,12 @@ def test_bfloat16_state_is_rounded_stochastically():
     held = opt.state[p]["exp_avg_sq"].float()
     assert abs(float(held.mean()) - float(exact)) < 2e-4 * float(exact) + 1e-6, (float(held.mean()), float(exact))
     assert held.unique().numel() > 1  # rounded both ways
+
+
+def test_stochastic_rounding_is_unbiased_across_steps_at_one_element():
+    """The bits of one element over many steps (keys) average out too, not only over elements."""
+    x = torch.full((1,), 1.0 + 2 ** -9)
+    rounded = [float(lowbit.round_stochastic(x, lowbit.random_bits(lowbit.tensor_key(0, step, 3), 1)).float())
+               for step in range(4096)]
+    ulp = 2 ** -7
+    assert abs(sum(rounded) / len(rounded) - (1.0 + 2 ** -9)) < 0.05 * ulp  # ~5 standard errors

@@ -277,7 +277,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
         k = program.inputs.index(n)
         value = f"{'c' if j in slots else 'v'}{j}"
         if k in stochastic:
-            stores.append(f"      x{k}[i] = bf16_store_sr((float){value}, mix32((uint32_t)(first + start + i) ^ key{k}) & 0xffffu);")
+            stores.append(f"      x{k}[i] = bf16_store_sr((float){value}, (((uint32_t)(first + start + i) ^ key{k}) * 0x9e3779b1u) >> 16);")
         elif form[k] == lowbit.BF16:
             stores.append(f"      x{k}[i] = bf16_store((float){value});")
         elif form[k] == lowbit.F32:
@@ -287,7 +287,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple[str, ...] = (), 
             stores.append(f"      {{ const float q = (float){value}; q{k}[i - b0] = q; const uint32_t u = abs_bits(q); "
                           f"m{k} = u > m{k} ? u : m{k}; }}")
         elif k == 0 and rounding == "sr":
-            stores.append(f"      x0[i] = bf16_store_sr((float){value}, mix32((uint32_t)(first + start + i) ^ key) & 0xffffu);")
+            stores.append(f"      x0[i] = bf16_store_sr((float){value}, (((uint32_t)(first + start + i) ^ key) * 0x9e3779b1u) >> 16);")
         elif k == 0 and rounding == "kahan":
             old = f"v{program.input_node('p')}"
             stores.append(f"      {{ const float y = ((float){value} - {old}) + bf16_load(kc[i]); const uint16_t pn = "

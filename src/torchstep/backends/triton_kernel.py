@@ -150,7 +150,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
         value = f"c{j}" if j in slots else f"v{j}"
         k = program.inputs.index(name)
         if k in stochastic:
-            lines.append(f"    tl.store(x{k}, _round_sr(({value}).to(tl.float32), _mix32((first + start + offs).to(tl.uint32) ^ key{k}) & 0xFFFF), mask=mask)")
+            lines.append(f"    tl.store(x{k}, _round_sr(({value}).to(tl.float32), (((first + start + offs).to(tl.uint32) ^ key{k}) * 0x9E3779B1) >> 16), mask=mask)")
         elif form[k] == lowbit.F32:
             lines.append(f"    tl.store(x{k}, ({value}).to(tl.float32), mask=mask)")
         elif form[k] == lowbit.BF16 or (dtype == torch.bfloat16 and k not in code_at and not (k == 0 and rounding)):
@@ -158,7 +158,7 @@ def generate(program: Program, dtype: torch.dtype, forms: tuple = (), rounding: 
         elif k in code_at:
             lines += _quantize_lines(k, value, code_at[k])
         elif k == 0 and rounding == "sr":
-            lines.append(f"    tl.store(x0, _round_sr(({value}).to(tl.float32), _mix32((first + start + offs).to(tl.uint32) ^ key) & 0xFFFF), mask=mask)")
+            lines.append(f"    tl.store(x0, _round_sr(({value}).to(tl.float32), (((first + start + offs).to(tl.uint32) ^ key) * 0x9E3779B1) >> 16), mask=mask)")
         elif k == 0 and rounding == "kahan":
             old = f"v{program.input_node('p')}"
             lines += [f"    y = (({value}).to(tl.float32) - {old}) + tl.load(kc, mask=mask).to(tl.float32)",
