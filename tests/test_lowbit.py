@@ -8,6 +8,7 @@ the oracle of the update itself is torch.optim / the float32-state run."""
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import warnings
 
@@ -274,7 +275,6 @@ def test_options_outside_the_elementwise_algorithms_are_refused():
 
 
 def test_constructor_signature_shows_the_options():
-    import inspect
     sig = inspect.signature(O.AdamW.__init__)
     assert sig.parameters["state_dtype"].default is None
     assert sig.parameters["stochastic_rounding"].default is False and sig.parameters["kahan"].default is False

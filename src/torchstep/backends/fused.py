@@ -77,7 +77,7 @@ class TritonKernel:
     """A Triton kernel (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``)."""
 
     def __init__(self, program, dtype: torch.dtype, forms: tuple = (), rounding: str = "") -> None:
-        self.forms, self.rounding = tuple(forms), rounding
+        self.forms = tuple(forms)
         self.kernel = triton_kernel.load(triton_kernel.generate(program, dtype, forms, rounding))
 
     def run(self, tables: list[torch.Tensor], sizes: tuple[int, ...], args: list[float], device=None,
@@ -86,7 +86,7 @@ class TritonKernel:
         chunks = _chunks(sizes, triton_kernel.BLOCK)
         ptrs = torch.cat([t.view(torch.int64).to(device) for t in tables])
         if any(f in lowbit.INT8_FORMS for f in self.forms):  # the code maps after the scalars (and seed)
-            args = list(args) + triton_kernel.lowbit_args(self.forms, "")
+            args = list(args) + triton_kernel.lowbit_args(self.forms)
         triton_kernel.launch(self.kernel, ptrs, len(sizes), chunks, torch.tensor(args, dtype=torch.float64), device, sums)
 
     def run_prepared(self, launch: Launch, args: list[float], sums: torch.Tensor | None = None) -> None:
@@ -147,13 +147,8 @@ def _kernel(algo, names: tuple[str, ...], group: dict, scalars: dict, dtype: tor
             cpu_kernel.uniform_steps(program)
         except ValueError as exc:
             raise cpu_kernel.KernelUnavailable(_programs.put(algo.update, structure, _Failed(str(exc))).reason) from None
-        try:
-            runner = (CKernel if kind == "c" else TritonKernel)(program, dtype, forms, rounding)
-        except cpu_kernel.KernelUnavailable as exc:
-            if not (forms or rounding):
-                raise
-            raise cpu_kernel.KernelUnavailable(_programs.put(algo.update, structure, _Failed(str(exc))).reason) from None
-        found = _programs.put(algo.update, structure, (runner, program))
+        found = _programs.put(algo.update, structure,
+                              ((CKernel if kind == "c" else TritonKernel)(program, dtype, forms, rounding), program))
     return found
 
 
@@ -318,15 +313,19 @@ def run_fused_kernels(opt: Any, group: dict, cache: dict, grad_scale=None,
         cache["lowbit"] = options
     if not lowbit.active(group):
         return _run_plan(opt, group, cache, with_grad, all_grads, names, ((), ""), grad_scale, force_triton, repeatable)
-    parts: dict[tuple, tuple[list, list]] = {}
-    for p, g in zip(with_grad, all_grads):
-        layout = (lowbit.forms_of(algo, p, group, names), lowbit.rounding(p, group))
-        part = parts.setdefault(layout, ([], []))
-        part[0].append(p)
-        part[1].append(g)
+    # which layout each parameter's state is held in: worked out once per set of parameters (and
+    # dtypes), not every step; the options are part of the cache's key above
+    key = (tuple(map(id, with_grad)), tuple(p.dtype for p in with_grad), names)
+    parts = cache.get("layouts")
+    if parts is None or parts[0] != key:
+        by_layout: dict[tuple, list[int]] = {}
+        for i, p in enumerate(with_grad):
+            by_layout.setdefault((lowbit.forms_of(algo, p, group, names), lowbit.rounding(p, group)), []).append(i)
+        parts = cache["layouts"] = (key, list(by_layout.items()))
     leftover: list[torch.Tensor] = []
     reasons: list[str] = []
-    for layout, (ps, gs) in parts.items():
+    for layout, members in parts[1]:
+        ps, gs = [with_grad[i] for i in members], [all_grads[i] for i in members]
         more, why = _run_plan(opt, group, cache.setdefault(("part", layout), {}), ps, gs, names, layout,
                               grad_scale, force_triton, False)
         leftover += more

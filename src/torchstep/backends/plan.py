@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..core import lowbit
+from ..core import dtensors, lowbit
 from ..core.dtensors import DTensor, Partial
 
 _T = torch.Tensor
@@ -41,11 +41,10 @@ def is_plain(t: Any) -> bool:
     return type(t) in _PLAIN_TYPES and t.layout == torch.strided
 
 
-def shard_of(t: Any) -> Any:
-    """The plain tensor a kernel works on for ``t``: ``t`` itself, or a DTensor's local shard
-    (element-wise math on the shards of a parameter, its gradient and its state, all laid out
-    alike, is the math on the whole tensor)."""
-    return t._local_tensor if type(t) is DTensor else t
+# The plain tensor a kernel works on for ``t``: ``t`` itself, or a DTensor's local shard
+# (element-wise math on the shards of a parameter, its gradient and its state, all laid out
+# alike, is the math on the whole tensor).
+shard_of = dtensors.local_of
 
 
 def same_layout(a: Any, b: Any) -> bool:

@@ -70,13 +70,11 @@ def _expr(node: tuple, ref, tl_type: str) -> str:
     return render(_TL_FORMS[tl_type], node, ref, "Triton", T=tl_type)
 
 
-def lowbit_args(forms: tuple, rounding: str, group_seed: int = 0, rounding_step: int = 0) -> list[float]:
-    """What :func:`generate`'s kernel reads after the uniform values: the stochastic-rounding seed
-    and step (as the C kernel), then the code map and midpoints (padded with inf) of each int8
-    state operand, in operand order."""
+def lowbit_args(forms: tuple) -> list[float]:
+    """What :func:`generate`'s kernel reads after the uniform values and the rounding seed and step
+    (which the fused driver appends, as for the C kernel): the code map and midpoints (padded with
+    inf) of each int8 state operand, in operand order."""
     out: list[float] = []
-    if rounding == "sr":
-        out += [float(group_seed), float(rounding_step & 0xFFFFFFFF)]
     for f in forms:
         if f in lowbit.INT8_FORMS:
             out += lowbit.CODES[f].tolist() + lowbit.MIDPOINTS[f].tolist() + [float("inf")]

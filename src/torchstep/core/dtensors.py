@@ -41,6 +41,11 @@ def flat_offset(t: torch.Tensor) -> int | None:
     return int(offset[0]) * row if len(offset) else 0
 
 
+def local_of(t: Any) -> Any:
+    """This rank's part of ``t``: a DTensor's local tensor, or ``t`` itself."""
+    return t._local_tensor if type(t) is DTensor else t
+
+
 def is_dtensor(t: Any) -> bool:
     """Whether ``t`` is a DTensor (an ``nn.Parameter`` wrapping one included)."""
     return DTensor is not None and isinstance(t, DTensor)

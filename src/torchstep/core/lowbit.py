@@ -293,9 +293,7 @@ def kahan_write(p: torch.Tensor, old: torch.Tensor, new: torch.Tensor, comp: tor
 
 # -- state held in a form, read and written in full precision -----------------------------
 
-def local_of(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of ``t`` (its local tensor, for a DTensor), which is where blocks and indices live."""
-    return t._local_tensor if dtensors.is_dtensor(t) else t
+local_of = dtensors.local_of  # blocks and element indices live on this rank's part of a tensor
 
 
 def _like(local: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
