@@ -260,6 +260,17 @@ def test_bad_options_are_refused_naming_them(kwargs, pattern):
         O.AdamW([torch.nn.Parameter(torch.randn(3))], **kwargs)
 
 
+def test_a_group_choosing_stochastic_rounding_over_the_constructors_kahan():
+    a, b = (torch.nn.Parameter(torch.randn(8).bfloat16()) for _ in range(2))
+    with pytest.raises(ValueError, match=r"stochastic_rounding=3 and kahan=True .* set the other one to False"):
+        O.AdamW([{"params": [a]}, {"params": [b], "stochastic_rounding": 3}], kahan=True)
+    opt = O.AdamW([{"params": [a]}, {"params": [b], "stochastic_rounding": 3, "kahan": False}], kahan=True)
+    for p in (a, b):
+        p.grad = torch.randn(8).bfloat16()
+    opt.step()
+    assert "kahan_comp" in opt.state[a] and "kahan_comp" not in opt.state[b]
+
+
 def test_options_outside_the_elementwise_algorithms_are_refused():
     p = torch.nn.Parameter(torch.randn(3, 3))
     with pytest.raises(ValueError, match="LBFGS: state_dtype, stochastic_rounding and kahan apply to the element-wise"):

@@ -119,7 +119,9 @@ def check_group(algo: Any, group: dict, owner: str) -> None:
     if not isinstance(kahan, bool):
         raise ValueError(f"kahan must be True or False, got {kahan!r}")
     if kahan and sr is not False:
-        raise ValueError("stochastic_rounding and kahan are two ways to keep small bfloat16 updates; choose one")
+        raise ValueError(f"stochastic_rounding={sr!r} and kahan=True are two ways to keep small bfloat16 updates; "
+                         "choose one (a parameter group takes each option it does not set from the constructor: "
+                         "set the other one to False in the group)")
     if not active(group):
         return
     if algo is None:
