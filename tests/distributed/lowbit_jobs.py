@@ -47,13 +47,18 @@ def make_opt(model: nn.Module, config: str):
     return ts_optim.AdamW(model.parameters(), lr=LR, weight_decay=WD, **CONFIGS[config])
 
 
-def shard(model: nn.Module, mesh) -> nn.Module:
+def shard(model: nn.Module, mesh, weight_dim: int = 0) -> nn.Module:
+    """FSDP2 over ``mesh``; ``weight_dim``: the dimension the first (quantized) weight is cut on."""
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Shard
+
+    def placement(p):
+        return Shard(weight_dim if tuple(p.shape) == (HIDDEN, IN) else 0)
 
     for m in model:
         if isinstance(m, nn.Linear):
-            fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+            fully_shard(m, mesh=mesh, shard_placement_fn=placement)
+    fully_shard(model, mesh=mesh, shard_placement_fn=placement)
     return model
 
 
@@ -223,6 +228,28 @@ def compact_dcp_case(mesh, path: str) -> dict:
     return out
 
 
+def compact_other_layout_case(mesh, path: str) -> dict:
+    """The compact checkpoint of :func:`compact_dcp_case` (first weight cut on dim 0) loaded where
+    that weight is cut on dim 1: both shards hold 2056 or 2064 elements, 9 blocks each, so DCP
+    loads the scales without complaint -- and they belong to other elements. ``load_state_dict``
+    must refuse (naming both layouts) and leave the optimizer's own state as it was."""
+    import torch.distributed.checkpoint as dcp
+
+    model = shard(make_model(seed=7), mesh, weight_dim=1)
+    opt = make_opt(model, "int8")
+    train(model, opt, range(1))
+    before = state_of(model, opt)
+    template = {"optim": opt.state_dict(compact=True)}
+    dcp.load(template, checkpoint_id=path)
+    out: dict = dict(refused="")
+    try:
+        opt.load_state_dict(template["optim"])
+    except ValueError as exc:
+        out["refused"] = str(exc)
+    out["before"], out["after"] = before, state_of(model, opt)
+    return out
+
+
 def lowbit_job(rank: int, world: int, ckpt_root: str) -> dict:
     import os
 
@@ -237,6 +264,8 @@ def lowbit_job(rank: int, world: int, ckpt_root: str) -> dict:
         out["dcp"][config] = _guard(torch_format_dcp_case, config, mesh, os.path.join(ckpt_root, f"torch-{config}"))
         dist.barrier()
     out["compact"] = _guard(compact_dcp_case, mesh, os.path.join(ckpt_root, "compact"))
+    dist.barrier()
+    out["compact_other_layout"] = _guard(compact_other_layout_case, mesh, os.path.join(ckpt_root, "compact"))
     progress("final barrier")
     dist.barrier()
     return out

@@ -246,7 +246,8 @@ def test_compact_format_entries_are_dtensors(ranks):
     require_ok(case, "compact format through DCP")
     param = case["saved"]["param_layout"][WEIGHT]
     entries = case["compact_layout"]["0"]
-    assert sorted(entries) == ["exp_avg.absmax", "exp_avg.codes", "exp_avg_sq.absmax", "exp_avg_sq.codes", "step"]
+    assert sorted(entries) == ["exp_avg.absmax", "exp_avg.codes", "exp_avg.layout", "exp_avg_sq.absmax",
+                               "exp_avg_sq.codes", "exp_avg_sq.layout", "step"]
     for key in ("exp_avg", "exp_avg_sq"):
         codes, scales = entries[key + ".codes"], entries[key + lowbit.ABSMAX]
         assert codes["cls"] == "DTensor" and codes["local_cls"] == "Tensor" and codes["dtype"] == "torch.uint8"
@@ -254,6 +255,8 @@ def test_compact_format_entries_are_dtensors(ranks):
             assert codes[attr] == param[attr], (key, attr)
         assert scales["cls"] == "DTensor" and scales["local_cls"] == "Tensor" and scales["dtype"] == "torch.float32"
         assert scales["shape"] == (18,) and scales["local_shape"] == (9,) and scales["placements"] == ("S(0)",), scales
+        # the layout record: a plain int64 tensor, mesh (2,) and Shard(0) (coded 0 + 1)
+        assert entries[key + ".layout"] == dict(cls="Tensor", dtype="torch.int64", shape=(2,)), entries[key + ".layout"]
     for i in ("1", "2", "3"):
         for key in ("exp_avg", "exp_avg_sq"):
             assert case["compact_layout"][i][key]["dtype"] == "torch.float32", (i, key)
@@ -279,3 +282,24 @@ def test_compact_format_dcp_round_trip_is_bit_exact(ranks, rank):
     for name, st in case["uninterrupted_state"]["state"].items():
         for key, entry in st.items():
             assert torch.equal(case["resumed_state"]["state"][name][key]["local"], entry["local"]), (name, key)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_compact_format_refuses_another_layout(ranks, rank):
+    """The compact checkpoint saved with the first weight cut on dim 0, DCP-loaded where it is cut
+    on dim 1 (same mesh, the same 9 padded blocks per rank, so DCP itself loads everything):
+    ``load_state_dict`` raises a ValueError naming both layouts and the way out, and that
+    parameter keeps its own state -- codes, scales and step -- bit for bit (its compact entries
+    are copies, so dcp.load wrote into those, not into the optimizer; the other parameters'
+    full-precision state is shared and DCP loads it in place, as with torch.optim). Before the
+    layout record, it loaded, and the moments read back up to 55% of their largest value off."""
+    case = ranks[rank]["compact_other_layout"]
+    require_ok(case, f"compact checkpoint onto another layout (rank {rank})")
+    msg = case["refused"]
+    assert "was saved on a mesh (2,) with placements (Shard(0))" in msg, msg
+    assert "this parameter is on a mesh (2,) with placements (Shard(1))" in msg, msg
+    assert "torch's format" in msg, msg
+    before, after = case["before"]["state"][WEIGHT], case["after"]["state"][WEIGHT]
+    assert sorted(before) == sorted(after) == ["exp_avg", "exp_avg.absmax", "exp_avg_sq", "exp_avg_sq.absmax", "step"]
+    for key, entry in before.items():
+        assert torch.equal(after[key]["local"], entry["local"]), key
