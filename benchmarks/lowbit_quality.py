@@ -11,7 +11,7 @@ them all; only the setup string or the model's dtype changes):
 2. *bfloat16 weights*: the model converted with ``.to(torch.bfloat16)`` (floating inputs cast to
    bfloat16 on the way in, outputs cast back to float32 for the loss and the evaluation), trained
    by AdamW writing the weights rounded to nearest, with ``stochastic_rounding=True`` (which also
-   rounds the bfloat16 state stochastically), with ``kahan=True``, and with stochastic rounding and
+   rounds the bfloat16 state stochastically), with ``kahan=True``, and with each of those two and
    ``state_dtype='float32'``; compared with the same AdamW on float32 weights. The lr is small
    (``--bf16-lr``, default 1e-4) so that most updates are below half a bfloat16 step of the
    weights and round-to-nearest stalls. Reported: the final validation losses, the relative
@@ -53,7 +53,8 @@ STATE_VARIANTS = {"float32 state": "", "int8 state": ", state_dtype='int8'",
                   "bfloat16 state": ", state_dtype='bfloat16'"}
 BF16_VARIANTS = {"bf16 weights, round to nearest": "", "bf16 weights, stochastic rounding":
                  ", stochastic_rounding=True", "bf16 weights, Kahan": ", kahan=True",
-                 "bf16 weights, stochastic rounding, float32 state": ", stochastic_rounding=True, state_dtype='float32'"}
+                 "bf16 weights, stochastic rounding, float32 state": ", stochastic_rounding=True, state_dtype='float32'",
+                 "bf16 weights, Kahan, float32 state": ", kahan=True, state_dtype='float32'"}
 FP32_WEIGHTS = "float32 weights"
 
 
