@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from torchstep.bench import ALGORITHMS, bytes_per_element
 
@@ -75,3 +76,24 @@ def test_bench_lowbit_refuses_other_algorithms():
     result = subprocess.run([sys.executable, "-m", "torchstep.cli", "bench", "--lowbit", "--algorithms", "rprop"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "unknown algorithm(s) rprop; choose from adamw, adam, sgd_momentum, lion" in result.stderr
+
+
+def test_lowbit_cpu_floor_script_edits_the_real_kernel():
+    """benchmarks/lowbit_cpu_floor.py finds the look-ups in the generated int8 kernel (it asserts
+    so) and its variants really run: their states differ from the kernel as built."""
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    try:
+        import lowbit_cpu_floor as floor
+    finally:
+        sys.path.pop(0)
+    steps = {name: floor.make_step(5000, fn) for name, fn in floor.VARIANTS.items()}
+    for _ in range(3):
+        for step in steps.values():
+            step()
+    codes = {name: next(iter(step.optimizer.state.values()))["exp_avg"] for name, step in steps.items()}
+    built = codes["int8 (as built)"]
+    assert built.dtype == torch.uint8
+    for name in ("free decoding", "free coding", "free both"):
+        assert not torch.equal(codes[name], built), name
