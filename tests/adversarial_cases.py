@@ -312,11 +312,12 @@ def lowbit_state_tampered() -> None:
         "codes of another shape": _lowbit_after(lambda st: st.__setitem__("exp_avg", st["exp_avg"][:100].clone())),
         "codes non-contiguous": _lowbit_after(lambda st: st.__setitem__("exp_avg", st["exp_avg"].view(50, 100).t())),
         "scales dropped": _lowbit_after(lambda st: st.pop("exp_avg.absmax")),
+        "codes made int8": _lowbit_after(lambda st: st.__setitem__("exp_avg", st["exp_avg"].to(torch.int8))),
     }
-    # codes without (enough) scales are no numbers: refused, never read as values
-    assert outcomes["scales truncated"] == outcomes["scales resized in place"] == outcomes["scales dropped"] == "raised", \
-        outcomes
-    assert outcomes["codes made float"] == "ran", outcomes  # a full-precision state is quantized again
+    # codes without (enough) scales are no numbers, nor are codes turned into another dtype while their
+    # scales stay beside them (codes cast to float would read as moments of 0..255): refused
+    assert outcomes["scales truncated"] == outcomes["scales resized in place"] == outcomes["scales dropped"] == \
+        outcomes["codes made int8"] == outcomes["codes made float"] == "raised", outcomes
 
 
 @case
@@ -330,9 +331,15 @@ def lowbit_compact_checkpoint_tampered() -> None:
     short["state"][0]["exp_avg.absmax"] = short["state"][0]["exp_avg.absmax"][:5]
     orphan = copy.deepcopy(saved)
     del orphan["state"][0]["exp_avg_sq.absmax"]
+    negative = copy.deepcopy(saved)
+    negative["state"][0]["exp_avg.absmax"][3] = -1.0
+    bad_option = copy.deepcopy(saved)
+    bad_option["param_groups"][0]["state_dtype"] = "int4"
     fresh = ts_optim.AdamW([torch.nn.Parameter(torch.randn(5000))], state_dtype="int8")
     for damaged, message in ((short, "block scales hold 5 values where 20 are needed"),
-                             (orphan, "without its block scales")):
+                             (orphan, "without its block scales"),
+                             (negative, "block scales must be non-negative"),
+                             (bad_option, "state_dtype must be None, torch.float32")):
         try:
             fresh.load_state_dict(damaged)
         except ValueError as exc:

@@ -271,6 +271,40 @@ def test_a_group_choosing_stochastic_rounding_over_the_constructors_kahan():
     assert "kahan_comp" in opt.state[a] and "kahan_comp" not in opt.state[b]
 
 
+@pytest.mark.parametrize("key, value, pattern", [
+    ("state_dtype", "int4", r"state_dtype must be .* got 'int4'"),
+    ("stochastic_rounding", -3, r"stochastic_rounding must be .* got -3"),
+    ("kahan", "yes", r"kahan must be True or False, got 'yes'"),
+    ("differentiable", True, r"AdamW \(param group 0\): differentiable=True cannot be combined"),
+])
+def test_options_edited_in_place_are_checked_at_the_next_step(key, value, pattern):
+    """Schedulers and users edit ``param_groups`` in place; an option edited to a value the
+    constructor would refuse is refused at the next step, before anything changes."""
+    p = torch.nn.Parameter(torch.randn(5000))
+    opt = O.AdamW([p], state_dtype="int8")
+    p.grad = torch.randn(5000)
+    opt.step()
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=pattern):
+        opt.step()
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())
+
+
+def test_a_checkpoint_with_a_bad_option_is_refused_on_load():
+    p = torch.nn.Parameter(torch.randn(5000))
+    opt = O.AdamW([p], state_dtype="int8")
+    p.grad = torch.randn(5000)
+    opt.step()
+    sd = opt.state_dict()
+    sd["param_groups"][0]["state_dtype"] = "fp8"
+    before = {k: v.clone() for k, v in opt.state[p].items()}
+    with pytest.raises(ValueError, match=r"state_dtype must be .* got 'fp8'"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["state_dtype"] == "int8"
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())
+
+
 def test_options_outside_the_elementwise_algorithms_are_refused():
     p = torch.nn.Parameter(torch.randn(3, 3))
     with pytest.raises(ValueError, match="LBFGS: state_dtype, stochastic_rounding and kahan apply to the element-wise"):

@@ -166,4 +166,8 @@ def _absmax_in(absmax: torch.Tensor, numel: int) -> torch.Tensor:
     if local.numel() < need:
         raise ValueError(f"compact block scales hold {local.numel()} values where {need} are needed: "
                          "the checkpoint was written for another model or another sharding")
-    return local[:need].to(torch.float32).contiguous().clone()
+    out = local[:need].to(torch.float32).contiguous().clone()
+    if bool((out < 0).any()):
+        raise ValueError("compact block scales must be non-negative (the largest magnitude of each block, or NaN), "
+                         f"got {float(out.min()):g}: the checkpoint was altered")
+    return out

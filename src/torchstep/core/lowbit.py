@@ -190,6 +190,9 @@ def held_form(state: dict, name: str, p: torch.Tensor) -> str | None:
     if t is None:
         return None
     dtype = t.dtype
+    if name + ABSMAX in state and p.is_floating_point() and dtype != torch.uint8:
+        raise RuntimeError(f"int8 state '{name}' has block scales '{name}{ABSMAX}' but its codes are {dtype}, not "
+                           "torch.uint8 (was the state edited?); read as numbers they would be wrong")
     if dtype == torch.uint8 and p.is_floating_point():
         if name + ABSMAX not in state:
             raise RuntimeError(f"int8 state '{name}' has its codes but not their block scales '{name}{ABSMAX}' "

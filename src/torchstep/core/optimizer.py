@@ -314,6 +314,8 @@ class Optimizer(torch.optim.Optimizer):
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for index, group in enumerate(self.param_groups):
+                if lowbit.active(group):  # options edited in place since the constructor checked them
+                    lowbit.check_group(self.algorithm, group, f"{type(self).__name__} (param group {index})")
                 lowbit.advance_rounding(group)
                 if paths is not None:
                     check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
@@ -527,6 +529,7 @@ class Optimizer(torch.optim.Optimizer):
             for key in lowbit.OPTIONS:  # how state is held is this optimizer's choice, unless the checkpoint says
                 if key in g and key not in s:
                     s[key] = g[key]
+            lowbit.check_group(self.algorithm, s, f"{type(self).__name__}.load_state_dict (param group {i})")
             if "param_names" in g and "param_names" not in s:
                 s["param_names"] = g["param_names"]
             loaded = _LoadedGroup(s)
