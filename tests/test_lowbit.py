@@ -291,6 +291,19 @@ def test_options_edited_in_place_are_checked_at_the_next_step(key, value, patter
     assert all(torch.equal(opt.state[p][k], v) for k, v in before.items())
 
 
+def test_an_option_edited_in_a_later_group_stops_the_step_before_any_group_moves():
+    a, b = torch.nn.Parameter(torch.randn(5000)), torch.nn.Parameter(torch.randn(5000))
+    opt = O.AdamW([{"params": [a]}, {"params": [b]}], state_dtype="int8")
+    for p in (a, b):
+        p.grad = torch.randn(5000)
+    opt.step()
+    weights = (a.detach().clone(), b.detach().clone())
+    opt.param_groups[1]["state_dtype"] = "int4"
+    with pytest.raises(ValueError, match="got 'int4'"):
+        opt.step()
+    assert torch.equal(a, weights[0]) and torch.equal(b, weights[1])
+
+
 def test_a_checkpoint_with_a_bad_option_is_refused_on_load():
     p = torch.nn.Parameter(torch.randn(5000))
     opt = O.AdamW([p], state_dtype="int8")

@@ -9,11 +9,12 @@ dropped).
 *The compact format* (``state_dict(compact=True)``): state as held. An int8 state tensor ``x``
 becomes ``x.codes`` (uint8, the parameter's shape) and ``x.absmax`` (float32 block scales), names
 torch does not use: ``torch.optim`` given such a dict finds no ``x`` at its next step and raises
-KeyError, instead of reading codes as numbers. The state of a parameter holding int8 state is
-copied (about 2 bytes per parameter for int8 AdamW), not shared with the optimizer: DCP loads
-into a state dict in place, and the optimizer's codes must never change under scales they were
-not coded with, nor its step without its moments, before ``load_state_dict`` has checked them. bfloat16 state stays bfloat16 under its own name
-(torch casts it up when it loads, which is exact). Loading it back is bit-exact.
+KeyError, instead of reading codes as numbers. bfloat16 state stays bfloat16 under its own name
+(torch casts it up when it loads, which is exact). Loading it back is bit-exact. The state of a
+parameter holding int8 state is copied (about 2 bytes per parameter for int8 AdamW), not shared
+with the optimizer: DCP loads into a state dict in place, and the optimizer's codes must never
+change under scales they were not coded with, nor its step without its moments, before
+``load_state_dict`` has checked them.
 
 For a DTensor parameter (FSDP2), codes are a DTensor laid out as the parameter, and the block
 scales -- computed per local shard -- a 1-d DTensor of ``ranks * K`` values sharded over every

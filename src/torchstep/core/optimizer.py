@@ -306,6 +306,9 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         self._check_loaded_state()
         self._check_fused_params()
+        for index, group in enumerate(self.param_groups):  # options edited in place since they were checked
+            if lowbit.active(group):
+                lowbit.check_group(self.algorithm, group, f"{type(self).__name__} (param group {index})")
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
         if found_inf is not None and float(found_inf) != 0.0:
             return loss
@@ -314,8 +317,6 @@ class Optimizer(torch.optim.Optimizer):
         with torch.set_grad_enabled(self.defaults.get("differentiable", False)):
             self._prepare_step(grad_scale)
             for index, group in enumerate(self.param_groups):
-                if lowbit.active(group):  # options edited in place since the constructor checked them
-                    lowbit.check_group(self.algorithm, group, f"{type(self).__name__} (param group {index})")
                 lowbit.advance_rounding(group)
                 if paths is not None:
                     check.step_flags(paths, group, index, sparse_ok=self.algorithm.sparse_update is not None)
