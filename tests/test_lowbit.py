@@ -260,6 +260,23 @@ def test_bad_options_are_refused_naming_them(kwargs, pattern):
         O.AdamW([torch.nn.Parameter(torch.randn(3))], **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_seed_zero_is_a_seed_not_off(backend):
+    """``stochastic_rounding=0`` is seed 0, the same as ``True`` (it was half-on before: the fused
+    path rounded stochastically and the reference path did not)."""
+    results = {}  # keyed by name: 0 == False as dict keys
+    for name, sr in (("true", True), ("zero", 0), ("off", False)):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 5000).bfloat16())
+        opt = O.AdamW([p], lr=1e-4, stochastic_rounding=sr)
+        with dispatch.use(backend):
+            for step in range(3):
+                p.grad = torch.full_like(p, 0.01 * (step + 1))
+                opt.step()
+        results[name] = (p.detach().clone(), opt.state[p]["exp_avg"].clone())
+    assert torch.equal(results["true"][0], results["zero"][0]) and torch.equal(results["true"][1], results["zero"][1])
+    assert not torch.equal(results["true"][0], results["off"][0])
+
+
 def test_a_group_choosing_stochastic_rounding_over_the_constructors_kahan():
     a, b = (torch.nn.Parameter(torch.randn(8).bfloat16()) for _ in range(2))
     with pytest.raises(ValueError, match=r"stochastic_rounding=3 and kahan=True .* set the other one to False"):

@@ -97,9 +97,16 @@ MIDPOINTS[INT8_UNSIGNED][0] = 0.0
 
 # -- options ----------------------------------------------------------------------------
 
+def rounds_stochastically(group: dict) -> bool:
+    """Whether ``group`` asks for stochastic rounding: ``True`` or any integer seed -- 0 included,
+    which is a seed like any other, not "off" (that is ``False``)."""
+    sr = group.get("stochastic_rounding", False)
+    return sr is not False and sr is not None
+
+
 def active(group: dict) -> bool:
     """Whether any option of this module is set in ``group``."""
-    return (group.get("state_dtype") is not None or bool(group.get("stochastic_rounding", False))
+    return (group.get("state_dtype") is not None or rounds_stochastically(group)
             or bool(group.get("kahan", False)))
 
 
@@ -156,7 +163,7 @@ def rounding(p: torch.Tensor, group: dict) -> str:
         dtype = p.dtype
     if dtype != torch.bfloat16:
         return ""
-    if group.get("stochastic_rounding", False) is not False:
+    if rounds_stochastically(group):
         return "sr"
     return "kahan" if group.get("kahan", False) else ""
 
@@ -455,5 +462,5 @@ def state_key(key: int, operand: int) -> int:
 
 def advance_rounding(group: dict) -> None:
     """Count a step of a group that rounds stochastically (its bits depend on the count)."""
-    if group.get("stochastic_rounding", False) is not False or group.get("state_dtype") == torch.bfloat16:
+    if rounds_stochastically(group) or group.get("state_dtype") == torch.bfloat16:
         group["rounding_step"] = int(group.get("rounding_step", 0)) + 1
