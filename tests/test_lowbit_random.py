@@ -10,6 +10,7 @@ and bfloat16 state closely -- and a non-finite value must reach both the same wa
 
 from __future__ import annotations
 
+import copy
 import io
 import random
 import warnings
@@ -144,3 +145,46 @@ def test_random_lowbit_configuration_resumes_exactly(seed):
                     (key, resume, case)
             elif not case["nonfinite"]:  # a NaN block's codes are arbitrary (its scale is NaN: compared above)
                 assert torch.equal(value, other), (key, resume, case)
+
+
+TORCH_TWINS = sorted(n for n in ELEMENTWISE if hasattr(torch.optim, n) and n != "SparseAdam")
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_lowbit_checkpoint_resumes_in_torch_optim(seed):
+    """A random element-wise algorithm that torch.optim also has, with int8 or bfloat16 state on
+    float32 parameters, saved mid-run in torch's format (``state_dict()``): ``torch.optim``'s
+    class loads it and steps on as torchstep's same class does from the same checkpoint read
+    without the options torch does not know (so in full precision) -- the checkpoint means the
+    same thing to both (names, dtypes, shapes, scalar state)."""
+    rng = random.Random(seed)
+    name = rng.choice(TORCH_TWINS)
+    shapes = rng.sample(SHAPES[1:], rng.randint(1, 3))
+    kwargs = ELEMENTWISE[name]
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    ours = getattr(O, name)(params, **kwargs, state_dtype=rng.choice(["int8", torch.bfloat16]))
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(6)]
+    for step in range(3):
+        for p, g in zip(params, grads[step]):
+            p.grad = g.clone()
+        ours.step()
+    saved = ours.state_dict()
+    for i, p in enumerate(params):
+        assert all(v.dtype == p.dtype for v in saved["state"][i].values() if torch.is_tensor(v) and v.dim()), (name, seed)
+    twins = [[torch.nn.Parameter(p.detach().clone()) for p in params] for _ in range(2)]
+    theirs = getattr(torch.optim, name)(twins[0], **kwargs)
+    full = getattr(O, name)(twins[1], **kwargs)
+    theirs.load_state_dict(copy.deepcopy(saved))
+    plain = copy.deepcopy(saved)  # as torch reads it: without the options torch does not know
+    for group in plain["param_groups"]:
+        for key in ("state_dtype", "stochastic_rounding", "kahan", "rounding_step"):
+            group.pop(key, None)
+    full.load_state_dict(plain)
+    for step in range(3, 6):
+        for a, b, g in zip(*twins, grads[step]):
+            a.grad, b.grad = g.clone(), g.clone()
+        theirs.step()
+        full.step()
+    for a, b in zip(*twins):
+        torch.testing.assert_close(b.detach(), a.detach(), msg=lambda m: f"{name} seed {seed}: {m}")
