@@ -348,6 +348,96 @@ def lowbit_compact_checkpoint_tampered() -> None:
             raise AssertionError(f"a damaged compact checkpoint was loaded (expected: {message})")
 
 
+# random tampering of held low-bit state: what a bad script, a hand-edited checkpoint or a bug
+# elsewhere could leave in ``opt.state``; the kernels take raw pointers, so each must be refused
+# (a clear error naming the state) or be held consistently again -- never read out of bounds
+_TAMPERS: dict[str, Callable[[torch.Tensor, torch.Generator], Any]] = {
+    "float16": lambda t, g: t.to(torch.float16), "float64": lambda t, g: t.double(),
+    "bfloat16": lambda t, g: t.bfloat16(), "int8": lambda t, g: t.to(torch.int8),
+    "int32": lambda t, g: t.to(torch.int32), "uint8": lambda t, g: t.to(torch.uint8),
+    "truncated": lambda t, g: t.reshape(-1)[: max(t.numel() // 2, 0)].clone(),
+    "extended": lambda t, g: torch.cat([t.reshape(-1), t.reshape(-1)[:7]]),
+    "reshaped": lambda t, g: t.reshape(-1, 1) if t.dim() else t.reshape(1),
+    "transposed view": lambda t, g: t.reshape(-1, 3).t() if t.numel() % 3 == 0 and t.numel() else t.flip(0) if t.dim() else t,
+    "strided view": lambda t, g: torch.cat([t.reshape(-1), t.reshape(-1)])[::2],
+    "expanded": lambda t, g: t.reshape(-1)[:1].expand(t.numel()) if t.numel() else t,
+    "0-d": lambda t, g: t.reshape(-1)[0].clone() if t.numel() else t.sum(),
+    "empty": lambda t, g: t.reshape(-1)[:0].clone(),
+    "nan": lambda t, g: torch.full_like(t, float("nan")) if t.is_floating_point() else t,
+    "inf": lambda t, g: torch.full_like(t, float("inf")) if t.is_floating_point() else t,
+    "negative": lambda t, g: -t.abs() - 1 if t.is_floating_point() else t,
+    "zeros": lambda t, g: torch.zeros_like(t),
+    "random bytes": lambda t, g: torch.randint(0, 256, t.shape, generator=g, dtype=torch.uint8).view(t.dtype)
+    if t.element_size() == 1 else t,
+    "python float": lambda t, g: 0.5,
+    "dropped": lambda t, g: None,
+}
+
+
+@case
+def lowbit_random_tampering() -> None:
+    import random
+
+    algorithms = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Lion", "NAdam", "Adan"]
+    counts = {"ran": 0, "raised": 0}
+    for seed in range(int(os.environ.get("TAMPER_SEEDS", 1000))):
+        rng = random.Random(seed)
+        gen = torch.Generator().manual_seed(seed)
+        name = rng.choice(algorithms)
+        kwargs = dict(momentum=0.9) if name == "SGD" else {}
+        shapes = rng.sample([(5000,), (4096,), (64, 65), (100,), (3, 2, 700)], rng.randint(1, 3))
+        dtype = rng.choice([torch.float32, torch.float32, torch.bfloat16])
+        params = [torch.nn.Parameter(torch.randn(sh, generator=gen).to(dtype)) for sh in shapes]
+        options = dict(state_dtype=rng.choice(["int8", "int8", torch.bfloat16]))
+        if dtype == torch.bfloat16 and rng.random() < 0.5:
+            options[rng.choice(["stochastic_rounding", "kahan"])] = True
+        opt = getattr(ts_optim, name)(params, lr=1e-3, **kwargs, **options)
+        for _ in range(rng.randint(1, 2)):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            opt.step()
+        what = []
+        for _ in range(rng.randint(1, 2)):
+            p = rng.choice(params)
+            # the element-wise state, its block scales, the Kahan buffer (not scalar state such as
+            # NAdam's mu_product, which torch.optim leaves to the user alike)
+            keys = sorted(k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.dim())
+            if not keys:
+                continue
+            key = rng.choice(keys)
+            tamper = rng.choice(sorted(_TAMPERS))
+            value = _TAMPERS[tamper](opt.state[p][key], gen)
+            if value is None:
+                del opt.state[p][key]
+            else:
+                opt.state[p][key] = value
+            what.append((tuple(p.shape), key, tamper))
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt.step()
+                opt.step()
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            text = str(exc)
+            # named -- or, for full-precision state written in place, torch's own refusal (torch.optim's alike)
+            assert any(k in text for _, k, _ in what) or "state" in text or "single memory location" in text, \
+                (seed, name, what, text)
+            counts["raised"] += 1
+            continue
+        counts["ran"] += 1
+        # it ran: then every state tensor is held consistently again (shape, codes with their scales)
+        for p in params:
+            st = opt.state[p]
+            for key, value in st.items():
+                if torch.is_tensor(value) and key != "step" and not key.endswith(".absmax") and value.dim():
+                    assert tuple(value.shape) == tuple(p.shape), (seed, name, what, key, tuple(value.shape))
+                    if value.dtype == torch.uint8:
+                        assert st[key + ".absmax"].numel() == -(-p.numel() // 256), (seed, name, what, key)
+    assert counts["ran"] and counts["raised"], counts
+
+
 def _load_then_step(module: Any, donor_groups: Callable, target_groups: Callable, edit=None) -> list[torch.Tensor]:
     src_params = [torch.randn(s).requires_grad_() for s in [(3, 4), (7,)]]
     src = module.Adam(donor_groups(src_params))

@@ -196,7 +196,14 @@ def held_form(state: dict, name: str, p: torch.Tensor) -> str | None:
     t = state.get(name)
     if t is None:
         return None
+    if not torch.is_tensor(t):
+        raise RuntimeError(f"state '{name}' is a {type(t).__name__}, not a tensor (was the state edited?)")
     dtype = t.dtype
+    scales = state.get(name + ABSMAX)
+    if scales is not None and not (torch.is_tensor(scales) and scales.is_floating_point()):
+        raise RuntimeError(f"the block scales '{name}{ABSMAX}' of int8 state '{name}' are {type(scales).__name__}"
+                           f"{' of ' + str(scales.dtype) if torch.is_tensor(scales) else ''}, not a floating-point "
+                           "tensor (was the state edited?)")
     if name + ABSMAX in state and p.is_floating_point() and dtype != torch.uint8:
         raise RuntimeError(f"int8 state '{name}' has block scales '{name}{ABSMAX}' but its codes are {dtype}, not "
                            "torch.uint8 (was the state edited?); read as numbers they would be wrong")
@@ -383,9 +390,19 @@ def conform(algo: Any, p: torch.Tensor, group: dict, state: dict) -> None:
     for n in names:
         if n in state:
             hold(algo, state, n, p, form_of(algo, p, group, n))
+    for k in (KAHAN, *names, *(n + ABSMAX for n in names)):  # state only this module makes: held densely
+        v = state.get(k)
+        if (torch.is_tensor(v) and v.layout == torch.strided and not dtensors.is_dtensor(v) and not v.is_contiguous()
+                and (k == KAHAN or k.endswith(ABSMAX) or held_form(state, k, p) not in (None, FULL))):
+            state[k] = v.contiguous()
     if rounding(p, group) == "kahan":
         if KAHAN not in state:
             state[KAHAN] = torch.zeros_like(p, dtype=torch.bfloat16)
+        comp = state[KAHAN]
+        if not (torch.is_tensor(comp) and comp.dtype == torch.bfloat16 and tuple(comp.shape) == tuple(p.shape)):
+            got = f"{comp.dtype} of shape {tuple(comp.shape)}" if torch.is_tensor(comp) else type(comp).__name__
+            raise RuntimeError(f"the Kahan buffer '{KAHAN}' is {got}; it must be torch.bfloat16 of the parameter's "
+                               f"shape {tuple(p.shape)} (was the state edited?)")
     else:
         state.pop(KAHAN, None)
 
