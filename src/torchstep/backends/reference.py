@@ -92,11 +92,13 @@ def update_in_low_precision(algo: Any, p: torch.Tensor, g: torch.Tensor, state: 
         algo.update(wrappers.as_real(pw), wrappers.as_real(gw), **{n: wrappers.as_real(t) for n, t in tensors.items()},
                     **scalars)
     local = lowbit.local_of
-    key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
-    first = lowbit.element_offset(p)
+    stochastic = {n for n in tensors if lowbit.stochastic_state(lowbit.form_of(algo, p, group, n), p.dtype, how)}
+    if stochastic or how == "sr":  # the rounding bits' key and this shard's first element, when bits are drawn
+        key = lowbit.tensor_key(lowbit.seed(group), int(group.get("rounding_step", 0)), number)
+        first = lowbit.element_offset(p)
     for n, t in tensors.items():
         bits = None
-        if lowbit.stochastic_state(lowbit.form_of(algo, p, group, n), p.dtype, how):
+        if n in stochastic:
             operand = 2 + element.index(n)  # as the kernels number their operands: p, g, then the state
             bits = lowbit.random_bits(lowbit.state_key(key, operand), local(p).numel(), p.device, first)
         lowbit.write_value(algo, state, n, p, t, bits)
